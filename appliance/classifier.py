@@ -1,0 +1,115 @@
+"""Face crops -> p(without_mask), with a LiteRT interpreter and what the model card says about the model."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from appliance.card import Crop, ModelCard, card_path_for, load_card
+from appliance.imaging import square_crop
+
+log = logging.getLogger(__name__)
+
+
+class ModelError(RuntimeError):
+    """A model file or its card cannot be used."""
+
+
+def _interpreter_class():
+    # LiteRT is the Pi's runtime; the older names are fallbacks for machines that have only those.
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        try:
+            from tflite_runtime.interpreter import Interpreter
+        except ImportError:
+            from tensorflow.lite import Interpreter  # type: ignore[no-redef]
+    return Interpreter
+
+
+def crop_faces(frame_bgr: np.ndarray, boxes, crop: Crop, size: int) -> np.ndarray:
+    """N x size x size x 3 RGB crops of `boxes` from a BGR frame, squared and padded as the card says."""
+    crops = [square_crop(frame_bgr, tuple(b), crop.margin, size) for b in boxes]
+    if not crops:
+        return np.zeros((0, size, size, 3), np.uint8)
+    return cv2.cvtColor(np.concatenate(crops, axis=0), cv2.COLOR_BGR2RGB).reshape(len(crops), size, size, 3)
+
+
+class MaskClassifier:
+    """A .tflite model and its card. `predict` takes RGB crops (N x S x S x 3 uint8) and returns p(without_mask)."""
+
+    def __init__(self, model_path: Path, num_threads: int = 2, card: ModelCard | None = None):
+        self.path = Path(model_path)
+        self.card = card or load_card(card_path_for(self.path))
+        try:
+            # Read once and run from memory: the interpreter would otherwise mmap the file, and a file copied over
+            # in place would change the model under the running service. The hash is of the very bytes that run.
+            content = self.path.read_bytes()
+        except FileNotFoundError:
+            raise ModelError(f"{self.path}: model file not found") from None
+        self.sha256 = hashlib.sha256(content).hexdigest()
+        if self.sha256 != self.card.sha256:
+            raise ModelError(f"{self.path}: sha256 {self.sha256[:12]}... does not match its card's "
+                             f"{self.card.sha256[:12]}...")
+        try:
+            self._interp = _interpreter_class()(model_content=content, num_threads=num_threads)
+            self._interp.allocate_tensors()
+        except (ValueError, RuntimeError) as exc:
+            raise ModelError(f"{self.path}: not a loadable TFLite model ({exc})") from None
+        inp = self._interp.get_input_details()[0]
+        out = self._interp.get_output_details()[0]
+        s = self.card.input_size
+        if tuple(inp["shape"][1:]) != (s, s, 3):
+            raise ModelError(f"{self.path}: input shape {list(inp['shape'])} does not match card size {s}")
+        if out["shape"][-1] != len(self.card.labels):
+            raise ModelError(f"{self.path}: output shape {list(out['shape'])} does not match card labels")
+        if np.dtype(inp["dtype"]).name != self.card.input.dtype:
+            raise ModelError(f"{self.path}: input dtype {np.dtype(inp['dtype']).name} is not the card's "
+                             f"{self.card.input.dtype}")
+        self._in, self._out = inp, out
+        self._batch = int(inp["shape"][0])
+        self._positive = self.card.positive_index
+
+    @property
+    def input_size(self) -> int:
+        return self.card.input_size
+
+    @property
+    def threshold(self) -> float:
+        return self.card.threshold
+
+    def _quantize(self, rgb: np.ndarray) -> np.ndarray:
+        t = self.card.input
+        if t.quant is None:
+            return rgb.astype(np.float32)
+        info = np.iinfo(np.dtype(t.dtype))
+        q = np.round(rgb.astype(np.float32) / t.quant.scale + t.quant.zero_point)
+        return np.clip(q, info.min, info.max).astype(t.dtype)
+
+    def _dequantize(self, raw: np.ndarray) -> np.ndarray:
+        t = self.card.output
+        if t.quant is None:
+            return raw.astype(np.float32)
+        return (raw.astype(np.float32) - t.quant.zero_point) * t.quant.scale
+
+    def predict(self, crops_rgb: np.ndarray) -> np.ndarray:
+        if len(crops_rgb) == 0:
+            return np.zeros(0, np.float32)
+        x = self._quantize(crops_rgb)
+        probs = []
+        # The model has a fixed batch of one (what LiteRT runs fastest on a Pi): a tight loop over the crops.
+        for i in range(0, len(x), self._batch):
+            chunk = x[i : i + self._batch]
+            self._interp.set_tensor(self._in["index"], chunk)
+            self._interp.invoke()
+            probs.append(self._dequantize(self._interp.get_tensor(self._out["index"])))
+        p = np.concatenate(probs)[:, self._positive]
+        return np.clip(p, 0.0, 1.0)
+
+    def classify(self, frame_bgr: np.ndarray, boxes) -> np.ndarray:
+        """p(without_mask) for each box of a BGR frame."""
+        return self.predict(crop_faces(frame_bgr, boxes, self.card.crop, self.card.input_size))

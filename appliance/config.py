@@ -1,0 +1,275 @@
+"""The appliance's configuration: typed dataclasses, loaded from one TOML file and validated at start.
+
+Every field carries its default, its bounds and a one-line description; an unknown key, a wrong type, a value out of
+bounds, two devices on one pin or a missing model refuses to start with one line naming the key and the value.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+import types
+import typing
+from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+from appliance import MODELS_DIR
+
+DEFAULT_PATH = Path("/etc/mask-appliance/config.toml")
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used; the message names the file, key and value."""
+
+
+def opt(default: Any, help: str, lo: float | None = None, hi: float | None = None, factory=None):
+    meta = {"help": help, "lo": lo, "hi": hi}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _state_dir() -> Path:
+    # systemd's StateDirectory= sets $STATE_DIRECTORY; elsewhere the user's own state folder.
+    if state := os.environ.get("STATE_DIRECTORY"):
+        return Path(state.split(":")[0])
+    from platformdirs import user_state_dir
+
+    return Path(user_state_dir("mask-appliance"))
+
+
+@dataclass
+class SourceConfig:
+    spec: str = opt("picamera2", "picamera2, a camera index or /dev/videoN, rtsp:// or http:// URL, video file, "
+                    "image folder or glob")
+    main_size: tuple[int, int] = opt((1280, 960), "picamera2 main stream (faces are cropped from it)")
+    lores_size: tuple[int, int] = opt((480, 360), "picamera2 low-resolution stream (faces are detected on it)")
+    still_frames: int = opt(5, "frames each still image is shown for, as if a person stood before the camera that "
+                            "long (image folders only)", 1, 1000)
+    fps: float = opt(15.0, "frames per second asked of cameras; 0 reads files as fast as possible", 0, 120)
+    reconnect_min: float = opt(0.5, "first wait before reconnecting a lost camera or stream, seconds", 0.01, 60)
+    reconnect_max: float = opt(30.0, "longest wait between reconnection attempts, seconds", 0.1, 600)
+
+
+@dataclass
+class DetectorConfig:
+    kind: Literal["yunet", "ssd"] = opt("yunet", "face detector: yunet (cv2.FaceDetectorYN) or ssd (res10 SSD)")
+    score_threshold: float = opt(0.6, "lowest detector score that counts as a face", 0.05, 0.99)
+    nms_threshold: float = opt(0.3, "IoU above which overlapping detections are merged", 0.05, 0.95)
+    top_k: int = opt(50, "most faces kept per frame", 1, 5000)
+    max_side: int = opt(480, "frames are shrunk so their longer side is at most this before detection", 64, 4096)
+    min_face: int = opt(24, "smallest face, in frame pixels (shorter side), that is classified", 0, 4096)
+    expand_side: float = opt(0.10, "box grown left and right by this share of its width", 0, 1)
+    expand_top: float = opt(0.20, "box grown upwards by this share of its height (takes in the forehead)", 0, 1)
+    expand_bottom: float = opt(0.05, "box grown downwards by this share of its height", 0, 1)
+
+
+@dataclass
+class ClassifierConfig:
+    model: Path = opt(None, "the .tflite model; its .json card must sit beside it",
+                      factory=lambda: MODELS_DIR / "mask_classifier.tflite")
+    threads: int = opt(2, "LiteRT threads (4 on a Pi 4 or 5)", 1, 64)
+    threshold: float | None = opt(None, "p(without_mask) at which a face is flagged; unset: the model card's", 0.01,
+                                  0.99)
+
+
+@dataclass
+class PolicyConfig:
+    mode: Literal["lock-on-unmasked", "unlock-on-masked"] = opt(
+        "lock-on-unmasked", "lock-on-unmasked: relay locks or alarms while an unmasked face is present; "
+        "unlock-on-masked: the door is released only while every face present is masked")
+    window: int = opt(5, "frames a face's vote looks back over", 1, 100)
+    votes: int = opt(3, "votes within the window that settle a face as masked or unmasked", 1, 100)
+    track_iou: float = opt(0.3, "IoU with which a face in a new frame continues a track", 0.05, 0.95)
+    track_timeout: float = opt(1.0, "seconds a face may go unseen before its track ends", 0.05, 60)
+    deny_hold: float = opt(3.0, "seconds the door stays denied after the last unmasked face has gone", 0, 600)
+    allow_hold: float = opt(3.0, "seconds the door stays released after the last masked face has gone", 0, 600)
+
+
+@dataclass
+class GpioConfig:
+    relay_pin: int | None = opt(17, "BCM pin of the door relay; unset: no relay", 0, 27)
+    relay_active_high: bool = opt(True, "the relay board energizes on a high pin (false: on a low pin)")
+    relay_energized: Literal["locked", "released"] = opt(
+        "locked", "what the door does while the relay is energized (wired to a lock or an alarm: locked)")
+    fail: Literal["safe", "secure"] = opt(
+        "safe", "door state on start, stop, crash, lost camera and watchdog: safe = released, secure = locked")
+    buzzer_pin: int | None = opt(27, "BCM pin of an active buzzer; unset: none", 0, 27)
+    buzzer_active_high: bool = opt(True, "the buzzer sounds on a high pin")
+    buzzer_on: float = opt(0.2, "buzzer on-time per beep while denying, seconds", 0.01, 10)
+    buzzer_off: float = opt(0.2, "buzzer off-time per beep while denying, seconds", 0.01, 10)
+    buzzer_beeps: int = opt(3, "beeps per denial (0: sound as long as the denial lasts)", 0, 1000)
+    buzzer_cooldown: float = opt(10.0, "seconds before the buzzer sounds again for a new denial", 0, 3600)
+    green_pin: int | None = opt(22, "BCM pin of the green LED (allow); unset: none", 0, 27)
+    red_pin: int | None = opt(23, "BCM pin of the red LED (deny); unset: none", 0, 27)
+    rgb_pins: tuple[int, int, int] | None = opt(None, "BCM pins (red, green, blue) of an RGB LED instead of the "
+                                                "two LEDs; unset: none", 0, 27)
+
+
+@dataclass
+class EventsConfig:
+    database: Path = opt(None, "SQLite file for decisions, faults and model swaps",
+                         factory=lambda: _state_dir() / "events.db")
+    print_decisions: bool = opt(False, "also print each decision on stdout")
+    save_faces: bool = opt(False, "store a JPEG of each face behind a decision (off: no face image is kept)")
+    faces_dir: Path = opt(None, "where face images go when save_faces is on",
+                          factory=lambda: _state_dir() / "faces")
+
+
+@dataclass
+class ServiceConfig:
+    status_interval: float = opt(5.0, "seconds between STATUS= updates to systemd and the log", 0.5, 3600)
+    camera_timeout: float = opt(3.0, "seconds without a frame before the door goes to its fail state", 0.5, 600)
+    model_poll: float = opt(2.0, "seconds between checks of the model file for a new version", 0.2, 3600)
+
+
+@dataclass
+class Config:
+    source: SourceConfig = field(default_factory=SourceConfig)
+    detector: DetectorConfig = field(default_factory=DetectorConfig)
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    gpio: GpioConfig = field(default_factory=GpioConfig)
+    events: EventsConfig = field(default_factory=EventsConfig)
+    service: ServiceConfig = field(default_factory=ServiceConfig)
+
+
+def _check(origin: str, key: str, value: Any, hint: Any, meta: dict) -> Any:
+    """`value` converted to the field's type `hint`, or a ConfigError naming the key and value."""
+    bad = ConfigError(f"{origin}: {key} = {value!r} is not {_describe(hint)}")
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)][0]
+        return None if value is None else _check(origin, key, value, inner, meta)
+    if typing.get_origin(hint) is Literal:
+        if value not in args:
+            raise ConfigError(f"{origin}: {key} = {value!r} is not one of {', '.join(map(repr, args))}")
+        return value
+    if typing.get_origin(hint) is tuple:
+        if not isinstance(value, list | tuple) or len(value) != len(args):
+            raise bad
+        return tuple(_check(origin, f"{key}[{i}]", v, a, meta) for i, (v, a) in enumerate(zip(value, args,
+                                                                                              strict=True)))
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if hint in (int, float):
+        if isinstance(value, bool) or not isinstance(value, int | float) or (hint is int and
+                                                                            not isinstance(value, int)):
+            raise bad
+        lo, hi = meta.get("lo"), meta.get("hi")
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            raise ConfigError(f"{origin}: {key} = {value!r} is outside {lo}..{hi}")
+        return hint(value)
+    if hint is Path:
+        if not isinstance(value, str) or not value:
+            raise bad
+        return Path(value).expanduser()
+    if hint is str:
+        if not isinstance(value, str):
+            raise bad
+        return value
+    raise bad
+
+
+def _describe(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return _describe([a for a in typing.get_args(hint) if a is not type(None)][0])
+    if origin is tuple:
+        return f"a list of {len(typing.get_args(hint))} values, each {_describe(typing.get_args(hint)[0])}"
+    return {bool: "true or false", int: "a whole number", float: "a number", Path: "a path", str: "a string"}.get(
+        hint, str(hint))
+
+
+def _section(origin: str, name: str, cls: type, table: Any) -> Any:
+    if not isinstance(table, dict):
+        raise ConfigError(f"{origin}: [{name}] must be a table, not {table!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in fields(cls)}
+    values = {}
+    for key, value in table.items():
+        if key not in known:
+            raise ConfigError(f"{origin}: unknown key [{name}] {key} (known: {', '.join(known)})")
+        values[key] = _check(origin, f"[{name}] {key}", value, hints[key], dict(known[key].metadata))
+    return cls(**values)
+
+
+def parse(table: dict[str, Any], origin: str = "<config>") -> Config:
+    sections = {f.name: f.default_factory for f in fields(Config)}  # type: ignore[misc]
+    unknown = set(table) - set(sections)
+    if unknown:
+        raise ConfigError(f"{origin}: unknown section [{sorted(unknown)[0]}] (known: {', '.join(sections)})")
+    cfg = Config(**{name: _section(origin, name, factory, table.get(name, {})) for name, factory in
+                    sections.items()})
+    validate(cfg, origin)
+    return cfg
+
+
+def load(path: Path | None) -> Config:
+    """The config at `path` (every key optional), or the defaults where `path` is None."""
+    if path is None:
+        return parse({}, "<defaults>")
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            table = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    return parse(table, str(path))
+
+
+def validate(cfg: Config, origin: str) -> None:
+    g = cfg.gpio
+    pins: dict[int, str] = {}
+    named = [("relay_pin", g.relay_pin), ("buzzer_pin", g.buzzer_pin), ("green_pin", g.green_pin),
+             ("red_pin", g.red_pin)]
+    named += [(f"rgb_pins[{i}]", p) for i, p in enumerate(g.rgb_pins or ())]
+    for key, pin in named:
+        if pin is None:
+            continue
+        if pin in pins:
+            raise ConfigError(f"{origin}: [gpio] {key} = {pin} is already used by [gpio] {pins[pin]}")
+        pins[pin] = key
+    fail_door = "released" if g.fail == "safe" else "locked"
+    if g.relay_pin is not None and g.relay_energized == fail_door:
+        raise ConfigError(
+            f"{origin}: [gpio] fail = {g.fail!r} wants the door {fail_door} when the service is down, but "
+            f"relay_energized = {g.relay_energized!r} needs the relay energized for that, which no crashed or "
+            f"stopped service (or a power cut) can hold: wire the lock so the de-energized relay leaves it {fail_door}")
+    p = cfg.policy
+    if p.votes > p.window:
+        raise ConfigError(f"{origin}: [policy] votes = {p.votes} is more than [policy] window = {p.window}")
+    if cfg.source.reconnect_min > cfg.source.reconnect_max:
+        raise ConfigError(f"{origin}: [source] reconnect_min = {cfg.source.reconnect_min} is more than "
+                          f"reconnect_max = {cfg.source.reconnect_max}")
+    if not cfg.classifier.model.is_file():
+        raise ConfigError(f"{origin}: [classifier] model = '{cfg.classifier.model}' does not exist")
+
+
+def describe() -> str:
+    """Every key with its default and description, as a commented TOML file (`mask-appliance config`)."""
+    lines = []
+    for section in fields(Config):
+        lines.append(f"[{section.name}]")
+        for f in fields(section.default_factory()):  # type: ignore[misc]
+            default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+            shown = "# unset" if default is None else _toml_value(default)
+            lines.append(f"# {f.metadata['help']}")
+            lines.append(f"# {f.name} = {shown}" if default is None else f"{f.name} = {shown}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    if isinstance(v, tuple | list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    return f'"{v}"'

@@ -1,0 +1,197 @@
+"""Frame sources: Picamera2, V4L2/USB cameras, RTSP/HTTP streams, video files, and folders or globs of images."""
+
+from __future__ import annotations
+
+import glob
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import cv2
+import numpy as np
+
+from appliance.config import SourceConfig
+from appliance.imaging import IMAGE_SUFFIXES, read_bgr
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Frame:
+    image: np.ndarray  # BGR, full resolution: faces are cropped from it
+    t: float  # time.monotonic() when captured
+    index: int
+    name: str = ""  # file name for still images
+    lores: np.ndarray | None = None  # BGR, smaller stream to detect on, where the camera gives one
+
+
+class FrameSource(Protocol):
+    skipped: int  # frames or files that could not be read
+
+    def frames(self) -> Iterator[Frame]: ...
+
+    def stop(self) -> None:
+        """End frames() soon, from another thread or a signal handler, even while it waits to reconnect."""
+
+    def close(self) -> None: ...
+
+
+class Backoff:
+    """Waits that double from `first` up to `longest`, reset by a success; a set `stopped` event cuts one short."""
+
+    def __init__(self, first: float, longest: float, stopped: threading.Event | None = None):
+        self.first, self.longest = first, longest
+        self.next = first
+        self.stopped = stopped or threading.Event()
+
+    def wait(self) -> float:
+        delay = self.next
+        self.stopped.wait(delay)
+        self.next = min(self.longest, self.next * 2)
+        return delay
+
+    def reset(self) -> None:
+        self.next = self.first
+
+
+def image_files(spec: str) -> list[Path]:
+    path = Path(spec)
+    if path.is_dir():
+        return sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if path.is_file():
+        return [path]
+    return sorted(Path(p) for p in glob.glob(spec, recursive=True) if Path(p).suffix.lower() in IMAGE_SUFFIXES)
+
+
+class ImageSource:
+    """Still images, each a separate visit: shown for `still_frames` frames at `fps` on a simulated clock, with
+    `gap` simulated seconds between two images so that no track or hold carries over. Unreadable files are
+    skipped, counted and logged."""
+
+    def __init__(self, files: list[Path], still_frames: int = 1, fps: float = 15.0, gap: float = 60.0):
+        self.files, self.still_frames = files, still_frames
+        self.period, self.gap = 1.0 / (fps or 15.0), gap
+        self.skipped = 0
+        self._stopped = threading.Event()
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def frames(self) -> Iterator[Frame]:
+        index = 0
+        for visit, path in enumerate(self.files):
+            if self._stopped.is_set():
+                return
+            image = read_bgr(path)
+            if image is None:
+                self.skipped += 1
+                log.warning("%s: unreadable image, skipped (%d so far)", path, self.skipped)
+                continue
+            for k in range(self.still_frames):
+                if self._stopped.is_set():
+                    return
+                yield Frame(image, visit * self.gap + k * self.period, index, name=str(path))
+                index += 1
+
+    def close(self) -> None:
+        pass
+
+
+class VideoSource:
+    """cv2.VideoCapture over a camera index, a /dev/video device, a stream URL or a video file. A live source
+    that stops delivering is reopened with back-off; a file ends the run at its end."""
+
+    def __init__(self, spec: str, cfg: SourceConfig):
+        self.spec, self.cfg = spec, cfg
+        self.live = spec.isdigit() or spec.startswith("/dev/video") or "://" in spec
+        self.skipped = 0
+        self._cap: cv2.VideoCapture | None = None
+        self._stopped = threading.Event()
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def _open(self) -> bool:
+        target: int | str = int(self.spec) if self.spec.isdigit() else self.spec
+        self._cap = cv2.VideoCapture(target)
+        if self.live and self.cfg.fps:
+            self._cap.set(cv2.CAP_PROP_FPS, self.cfg.fps)
+        return self._cap.isOpened()
+
+    def frames(self) -> Iterator[Frame]:
+        backoff = Backoff(self.cfg.reconnect_min, self.cfg.reconnect_max, self._stopped)
+        if not self._open() and not self.live:
+            raise OSError(f"{self.spec}: cannot open video")
+        index = 0
+        while not self._stopped.is_set():
+            ok, image = self._cap.read() if self._cap is not None else (False, None)
+            if ok and image is not None and image.size:
+                backoff.reset()
+                yield Frame(image, time.monotonic(), index)
+                index += 1
+                continue
+            if not self.live:
+                return
+            self.skipped += 1
+            self.close()
+            log.warning("%s: no frame, reconnecting in %.1f s", self.spec, backoff.next)
+            backoff.wait()
+            if not self._stopped.is_set() and self._open():
+                log.info("%s: reconnected", self.spec)
+
+    def close(self) -> None:
+        if self._cap is not None:
+            self._cap.release()
+            self._cap = None
+
+
+class Picamera2Source:
+    """The Raspberry Pi camera: detect on the low-resolution stream, crop faces from the main one."""
+
+    def __init__(self, cfg: SourceConfig):
+        from picamera2 import Picamera2  # only here: it exists only on Raspberry Pi OS
+
+        self.cfg = cfg
+        self.skipped = 0
+        self._stopped = threading.Event()
+        self._cam = Picamera2()
+        config = self._cam.create_video_configuration(
+            main={"size": tuple(cfg.main_size), "format": "RGB888"},  # RGB888 is BGR in memory, as OpenCV wants
+            lores={"size": tuple(cfg.lores_size), "format": "YUV420"},
+            controls={"FrameRate": cfg.fps} if cfg.fps else {},
+        )
+        self._cam.configure(config)
+        self._cam.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def frames(self) -> Iterator[Frame]:
+        index = 0
+        while not self._stopped.is_set():
+            (main, lores), _ = self._cam.capture_arrays(["main", "lores"])
+            yield Frame(main, time.monotonic(), index, lores=cv2.cvtColor(lores, cv2.COLOR_YUV420p2BGR))
+            index += 1
+
+    def close(self) -> None:
+        self._cam.stop()
+        self._cam.close()
+
+
+def open_source(cfg: SourceConfig, spec: str | None = None) -> FrameSource:
+    spec = spec or cfg.spec
+    if spec == "picamera2":
+        return Picamera2Source(cfg)
+    if spec.isdigit() or spec.startswith("/dev/video") or "://" in spec:
+        return VideoSource(spec, cfg)
+    path = Path(spec)
+    if path.is_file() and path.suffix.lower() not in IMAGE_SUFFIXES:
+        return VideoSource(spec, cfg)
+    files = image_files(spec)
+    if not files:
+        raise OSError(f"{spec}: no images, video or camera found there")
+    return ImageSource(files, cfg.still_frames, cfg.fps)

@@ -1,0 +1,195 @@
+"""This project's pipeline against the classic tutorial one, on the same frames, each in its own process.
+
+    python benchmarks/compare.py --source ../shared/datasets/scenes-dev/images \
+        [--scenes ../shared/datasets/scenes-dev/labels.csv] [--limit N] [--json OUT]
+
+Prints per-stage time (capture, detect, classify, decide), per-frame median and p90, frames per second and peak
+memory (RSS) of each process; with --scenes, also the accuracy of each pipeline on the very frames it was timed on
+(scored as `mask-train evaluate` scores: IoU > 0.5, recall, accuracy, TNR, FNR by face size).
+
+The classic pipeline is the one ../shared/peers/README.md describes: the res10 SSD at confidence 0.5, every box
+cropped, resized to 224x224 and classified with the Keras model's predict, one call per frame.
+It needs the [train] extras (TensorFlow and tf-keras); ours needs only the runtime.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+PEER = REPO.parent / "shared" / "peers" / "classic-keras-mask-detector" / "mask_detector.h5"
+STAGES = ("capture", "detect", "classify", "decide")
+
+
+def _files(source: str, limit: int | None) -> list[Path]:
+    from appliance.sources import image_files
+
+    files = image_files(source)
+    return files[:limit] if limit else files
+
+
+def run_ours(files: list[Path], threads: int) -> dict:
+    from appliance import config
+    from appliance.detector import make_detector
+    from appliance.imaging import read_bgr
+    from appliance.policy import Policy, Verdict
+    from appliance.service import load_model
+
+    cfg = config.load(None)
+    detector = make_detector(cfg.detector)
+    model = load_model(cfg.classifier.model, threads)
+    policy = Policy(cfg.policy)
+    times: dict[str, list[float]] = {s: [] for s in STAGES}
+    faces, detections = 0, {}
+    for i, path in enumerate(files):
+        t0 = time.perf_counter()
+        image = read_bgr(path)
+        t1 = time.perf_counter()
+        found = detector.detect(image)
+        t2 = time.perf_counter()
+        p = model.classify(image, [f.box for f in found])
+        t3 = time.perf_counter()
+        policy.update([Verdict(f.box, float(x), x >= model.threshold) for f, x in zip(found, p, strict=True)], i)
+        t4 = time.perf_counter()
+        for stage, dt in zip(STAGES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
+            times[stage].append(dt)
+        faces += len(found)
+        detections[str(path)] = [(f.box, float(x)) for f, x in zip(found, p, strict=True)]
+    return {"times": times, "faces": faces, "detections": detections, "threshold": model.threshold,
+            "model_bytes": cfg.classifier.model.stat().st_size}
+
+
+def run_classic(files: list[Path], threads: int) -> dict:
+    os.environ["TF_USE_LEGACY_KERAS"] = "1"
+    import cv2
+    import numpy as np
+    import tensorflow as tf
+    import tf_keras
+    from tf_keras.applications.mobilenet_v2 import preprocess_input
+
+    from appliance.assets import resolve
+
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    net = cv2.dnn.readNetFromTensorflow(str(resolve("ssd_weights")), str(resolve("ssd_config")))
+    model = tf_keras.models.load_model(PEER, compile=False)
+    times: dict[str, list[float]] = {s: [] for s in STAGES}
+    faces, detections = 0, {}
+    for path in files:
+        t0 = time.perf_counter()
+        image = cv2.imread(str(path))
+        t1 = time.perf_counter()
+        h, w = image.shape[:2]
+        net.setInput(cv2.dnn.blobFromImage(image, 1.0, (300, 300), (104.0, 177.0, 123.0)))
+        found = net.forward().reshape(-1, 7)
+        crops, boxes = [], []
+        for det in found[found[:, 2] > 0.5]:
+            x1, y1, x2, y2 = (det[3:7] * [w, h, w, h]).astype(int)
+            x1, y1, x2, y2 = max(0, x1), max(0, y1), min(w - 1, x2), min(h - 1, y2)
+            if x2 > x1 and y2 > y1:
+                crop = cv2.cvtColor(image[y1:y2, x1:x2], cv2.COLOR_BGR2RGB)
+                crops.append(preprocess_input(cv2.resize(crop, (224, 224)).astype("float32")))
+                boxes.append((float(x1), float(y1), float(x2), float(y2)))
+        t2 = time.perf_counter()
+        # output index 0 = with_mask, 1 = without_mask
+        p = model.predict(np.array(crops), batch_size=32, verbose=0)[:, 1] if crops else []
+        t3 = time.perf_counter()
+        for stage, dt in zip(STAGES, (t1 - t0, t2 - t1, t3 - t2, 0.0), strict=True):
+            times[stage].append(dt)
+        faces += len(crops)
+        detections[str(path)] = [(b, float(x)) for b, x in zip(boxes, p, strict=True)]
+    return {"times": times, "faces": faces, "detections": detections, "threshold": 0.5,
+            "model_bytes": PEER.stat().st_size}
+
+
+def _child(args) -> None:
+    files = _files(args.source, args.limit)
+    runner = run_ours if args.child == "ours" else run_classic
+    result = runner(files, args.threads)
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["frames"] = len(files)
+    print(json.dumps(result))
+
+
+def _summary(result: dict) -> dict:
+    per_frame = [sum(parts) for parts in zip(*(result["times"][s] for s in STAGES), strict=True)]
+    qs = statistics.quantiles(per_frame, n=10)
+    return {
+        "frames": result["frames"],
+        "faces": result["faces"],
+        "median_ms": statistics.median(per_frame) * 1000,
+        "p90_ms": qs[8] * 1000,
+        "fps": len(per_frame) / sum(per_frame),
+        "stages_ms": {s: statistics.mean(result["times"][s]) * 1000 for s in STAGES},
+        "peak_rss_mb": result["peak_rss_mb"],
+        "model_mb": result["model_bytes"] / 1e6,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--source", required=True, help="folder or glob of images")
+    parser.add_argument("--scenes", type=Path, help="labels.csv of the frames, to score each pipeline's accuracy")
+    parser.add_argument("--limit", type=int, help="first N images only")
+    parser.add_argument("--threads", type=int, default=2, help="threads for each pipeline's classifier")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--child", choices=["ours", "classic"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        _child(args)
+        return 0
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    results, accuracy = {}, {}
+    for name in ("ours", "classic"):
+        cmd = [sys.executable, __file__, "--child", name, "--source", args.source, "--threads", str(args.threads)]
+        if args.limit:
+            cmd += ["--limit", str(args.limit)]
+        out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True).stdout
+        raw = json.loads(out.strip().splitlines()[-1])
+        results[name] = _summary(raw)
+        if args.scenes:
+            accuracy[name] = _score(args.scenes, raw)
+    print(f"{'pipeline':<10} {'frames':>6} {'faces':>6} {'median ms':>10} {'p90 ms':>8} {'fps':>7} "
+          f"{'capture':>8} {'detect':>7} {'classify':>9} {'decide':>7} {'peak RSS MB':>12} {'model MB':>9}")
+    for name, r in results.items():
+        s = r["stages_ms"]
+        print(f"{name:<10} {r['frames']:>6} {r['faces']:>6} {r['median_ms']:>10.1f} {r['p90_ms']:>8.1f} "
+              f"{r['fps']:>7.1f} {s['capture']:>8.1f} {s['detect']:>7.1f} {s['classify']:>9.1f} {s['decide']:>7.2f} "
+              f"{r['peak_rss_mb']:>12.0f} {r['model_mb']:>9.2f}")
+    ours, classic = results["ours"], results["classic"]
+    print(f"ours is {classic['median_ms'] / ours['median_ms']:.1f}x faster per frame (median) and uses "
+          f"{ours['peak_rss_mb'] / classic['peak_rss_mb']:.2f} of the classic pipeline's peak memory")
+    if accuracy:
+        from training.evaluate import format_scenes
+
+        for name, scores in accuracy.items():
+            print(f"\n{name}: accuracy on {scores['images']} scenes ({scores['detections']} faces found)")
+            print(format_scenes(scores))
+        for name in results:
+            results[name]["scenes"] = accuracy.get(name)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+def _score(labels_csv: Path, raw: dict) -> dict:
+    from training.evaluate import read_scene_labels, score_scenes
+
+    labels = read_scene_labels(labels_csv)
+    by_name = {Path(k).name: k for k in labels}
+    detections = {by_name[Path(path).name]: [(tuple(box), p) for box, p in found]
+                  for path, found in raw["detections"].items() if Path(path).name in by_name}
+    scores = score_scenes(labels, detections, raw["threshold"])
+    scores.pop("_matched")
+    return scores
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""The classifier stage: crops, the model card contract, and refusals of bad models."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from conftest import SHIPPED, scene_images
+
+from appliance.card import CardError, load_card
+from appliance.classifier import MaskClassifier, ModelError, crop_faces
+from appliance.imaging import read_bgr, square_crop
+
+
+def test_square_crop_pads_with_edge_pixels_and_never_stretches():
+    image = np.zeros((100, 200, 3), np.uint8)
+    image[:, :100] = 255  # left half white
+    crop = square_crop(image, (0, 0, 100, 50), margin=0.0, size=20)
+    assert crop.shape == (20, 20, 3)
+    # a 100x50 box becomes a 100x100 square centred on it, reaching 25 px above the frame: edge pixels fill it
+    assert crop[:, :, 0].mean() == pytest.approx(255, abs=1)
+    wide = square_crop(image, (50, 0, 150, 100), margin=0.0, size=20)
+    assert wide[:, :9].mean() == pytest.approx(255, abs=1) and wide[:, 11:].mean() == pytest.approx(0, abs=1)
+
+
+def test_the_shipped_model_tells_masked_from_unmasked_faces_on_real_scenes():
+    model = MaskClassifier(SHIPPED)
+    from conftest import SCENES
+
+    from training.evaluate import read_scene_labels
+
+    labels = read_scene_labels(SCENES / "labels.csv")
+    picked = [p for p in scene_images("with_mask", limit=3) + scene_images("without_mask", limit=3)]
+    for path in picked:
+        faces = labels[str(SCENES / "images" / path.name)]
+        p = model.classify(read_bgr(path), [f.box for f in faces])
+        assert len(p) == len(faces)
+        assert [bool(x >= model.threshold) for x in p] == [f.label == 1 for f in faces], path.name
+
+
+def test_all_faces_of_a_frame_are_classified_in_one_call():
+    model = MaskClassifier(SHIPPED)
+    image = read_bgr(scene_images("with_mask", limit=1)[0])
+    boxes = [(10, 10, 60, 60), (100, 100, 180, 200), (0, 0, 5, 5)]
+    crops = crop_faces(image, boxes, model.card.crop, model.input_size)
+    assert crops.shape == (3, model.input_size, model.input_size, 3)
+    assert model.classify(image, boxes).shape == (3,)
+    assert model.classify(image, []).shape == (0,)
+
+
+def test_a_model_copied_over_in_place_does_not_change_the_running_one(model_dir):
+    model = MaskClassifier(model_dir / "mask_classifier.tflite")
+    image = read_bgr(scene_images("without_mask", limit=1)[0])
+    before = model.classify(image, [(100, 100, 300, 300)])
+    (model_dir / "mask_classifier.tflite").write_bytes(b"\0" * 4096)
+    assert model.classify(image, [(100, 100, 300, 300)]) == pytest.approx(before)
+
+
+def test_a_model_that_does_not_match_its_card_is_refused(model_dir):
+    path = model_dir / "mask_classifier.tflite"
+    path.write_bytes(path.read_bytes()[:-10] + b"0123456789")
+    with pytest.raises(ModelError, match="does not match its card"):
+        MaskClassifier(path)
+
+
+def test_a_model_whose_card_is_missing_or_wrong_is_refused(model_dir, tmp_path):
+    lone = tmp_path / "lone.tflite"
+    shutil.copy(SHIPPED, lone)
+    with pytest.raises(CardError, match="lone.json: model card not found"):
+        MaskClassifier(lone)
+    card = json.loads((model_dir / "mask_classifier.json").read_text())
+    card["input_size"] = 224
+    (model_dir / "mask_classifier.json").write_text(json.dumps(card))
+    with pytest.raises(ModelError, match="does not match card size 224"):
+        MaskClassifier(model_dir / "mask_classifier.tflite")
+    card["labels"] = ["cat", "dog"]
+    (model_dir / "mask_classifier.json").write_text(json.dumps(card))
+    with pytest.raises(CardError, match="labels"):
+        load_card(model_dir / "mask_classifier.json")
+
+
+def test_garbage_with_a_matching_card_is_refused(tmp_path):
+    import hashlib
+
+    garbage = tmp_path / "g.tflite"
+    garbage.write_bytes(b"not a flatbuffer at all")
+    card = json.loads(SHIPPED.with_suffix(".json").read_text())
+    card["sha256"] = hashlib.sha256(garbage.read_bytes()).hexdigest()
+    garbage.with_suffix(".json").write_text(json.dumps(card))
+    with pytest.raises(ModelError, match="not a loadable TFLite model"):
+        MaskClassifier(garbage)

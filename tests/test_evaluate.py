@@ -1,0 +1,55 @@
+"""Scene scoring: IoU matching and the published rates, checked on hand-made cases and on scenes-dev."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import SCENES
+
+from training.evaluate import LabelledFace, detect_scenes, match, read_scene_labels, score_scenes
+
+
+def test_matching_needs_iou_above_half_and_is_one_to_one():
+    truth = [LabelledFace("a", (0, 0, 100, 100), 0), LabelledFace("a", (200, 0, 300, 100), 1)]
+    dets = [((5, 5, 105, 105), 0.2), ((0, 0, 100, 100), 0.9), ((260, 0, 360, 100), 0.8)]
+    # the exact box wins the first face; the second detection overlaps the second face by IoU 0.25 only
+    assert match(truth, dets) == [0.9, None]
+
+
+def test_rates_on_a_known_case(tmp_path):
+    import cv2
+    import numpy as np
+
+    cv2.imwrite(str(tmp_path / "a.jpg"), np.zeros((200, 400, 3), np.uint8))
+    (tmp_path / "broken.jpg").write_bytes(b"nope")
+    (tmp_path / "labels.csv").write_text(
+        "image_path,x1,y1,x2,y2,label\n"
+        "a.jpg,0,0,100,100,with_mask\n"
+        "a.jpg,100,0,200,100,without_mask\n"
+        "a.jpg,200,0,240,40,without_mask\n"
+        "a.jpg,300,0,330,30,with_mask\n"
+        "broken.jpg,0,0,10,10,with_mask\n"
+    )
+    labels = read_scene_labels(tmp_path / "labels.csv")
+    boxes = {(0, 0, 100, 100): 0.7, (100, 0, 200, 100): 0.9, (200, 0, 240, 40): 0.1}  # last face missed
+
+    detections, skipped = detect_scenes(labels, lambda image: list(boxes.items()))
+    result = score_scenes(labels, detections, 0.5, skipped)
+    assert result["images"] == 1 and len(result["skipped_images"]) == 1
+    everything = result["all"]
+    assert everything["faces"] == 4 and everything["matched"] == 3 and everything["recall"] == pytest.approx(0.75)
+    assert everything["accuracy"] == pytest.approx(1 / 3)  # masked flagged, unmasked caught, unmasked missed
+    assert everything["tnr"] == pytest.approx(0.5) and everything["fnr"] == pytest.approx(1.0)
+    assert result[">=64px"]["faces"] == 2 and result[">=64px"]["tnr"] == pytest.approx(1.0)
+
+
+def test_scenes_dev_labels_read_as_documented():
+    labels = read_scene_labels(SCENES / "labels.csv")
+    faces = [f for group in labels.values() for f in group]
+    assert len(labels) == 458 and len(faces) == 1103
+    assert sum(f.label == 0 for f in faces) == 515 and sum(f.label == 1 for f in faces) == 588
+
+
+def test_a_bad_label_row_names_the_line(tmp_path):
+    (tmp_path / "labels.csv").write_text("image_path,x1,y1,x2,y2,label\na.jpg,0,0,10,10,hat\n")
+    with pytest.raises(ValueError, match="labels.csv:2: bad row"):
+        read_scene_labels(tmp_path / "labels.csv")

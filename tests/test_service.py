@@ -1,0 +1,250 @@
+"""The service end to end: real scene photos, the shipped model, mock pins, a real notify socket and signals."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import scene_images
+from gpiozero import Device
+
+from appliance import config
+from appliance.service import Service
+from appliance.sources import Frame, ImageSource
+
+RELAY, BUZZER, GREEN, RED = 17, 27, 22, 23
+
+
+def make_service(model_dir: Path, tmp_path: Path, **sections) -> Service:
+    table = {"classifier": {"model": str(model_dir / "mask_classifier.tflite")},
+             "events": {"database": str(tmp_path / "events.db")},
+             "service": {"model_poll": 0.2}}
+    for name, values in sections.items():
+        table.setdefault(name, {}).update(values)
+    return Service(config.parse(table))
+
+
+def events(tmp_path: Path, kind: str | None = None) -> list[dict]:
+    db = sqlite3.connect(tmp_path / "events.db")
+    rows = db.execute("SELECT kind, state, detail FROM events ORDER BY id").fetchall()
+    db.close()
+    return [{"kind": k, "state": s, **json.loads(d)} for k, s, d in rows if kind is None or k == kind]
+
+
+def history(pin: int) -> list[bool]:
+    return [state for _, state in Device.pin_factory.pin(pin).states]
+
+
+def test_an_unmasked_scene_locks_the_door_and_sounds_the_buzzer(model_dir, tmp_path):
+    image = scene_images("without_mask", limit=1)
+    service = make_service(model_dir, tmp_path)
+    assert service.run(ImageSource(image, still_frames=8)) == 0
+    decisions = [e["state"] for e in events(tmp_path, "decision")]
+    assert decisions == ["deny"]
+    assert True in history(RELAY) and history(RELAY)[-1] is False  # locked while denying, released on stop
+    assert True in history(BUZZER) and True in history(RED) and True not in history(GREEN)
+
+
+def test_masked_scenes_never_touch_the_relay_or_buzzer(model_dir, tmp_path):
+    images = scene_images("with_mask", limit=3)
+    service = make_service(model_dir, tmp_path)
+    service.run(ImageSource(images, still_frames=8))
+    assert [e["state"] for e in events(tmp_path, "decision")].count("allow") == 3
+    assert True not in history(RELAY) and True not in history(BUZZER) and True in history(GREEN)
+
+
+def test_unlock_on_masked_releases_for_masked_faces_only(model_dir, tmp_path):
+    masked, unmasked = scene_images("with_mask", limit=1), scene_images("without_mask", limit=1)
+    gpio = {"fail": "secure", "relay_energized": "released"}
+    service = make_service(model_dir, tmp_path, policy={"mode": "unlock-on-masked"}, gpio=gpio)
+    service.run(ImageSource(masked + unmasked, still_frames=8))
+    doors = [(e["state"], e["door"]) for e in events(tmp_path, "decision")]
+    assert ("allow", "released") in doors and ("deny", "locked") in doors
+    assert history(RELAY)[0] is False and history(RELAY)[-1] is False  # locked (de-energized) at start and stop
+
+
+def test_sigterm_stops_cleanly_with_the_door_in_its_stop_state(model_dir, tmp_path):
+    service = make_service(model_dir, tmp_path)
+    old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    service.install_signals()
+    timer = threading.Timer(1.5, os.kill, (os.getpid(), signal.SIGTERM))
+    try:
+        timer.start()
+        rc = service.run(ImageSource(scene_images("without_mask", limit=1), still_frames=100000))
+    finally:
+        timer.cancel()
+        for s, handler in old.items():
+            signal.signal(s, handler)
+    assert rc == 0
+    assert True in history(RELAY)  # it was denying when the signal came
+    assert Device.pin_factory.pin(RELAY).state is False and Device.pin_factory.pin(BUZZER).state is False
+    stop = events(tmp_path, "stop")[-1]
+    assert stop["door"] == "released" and 0 < stop["frames"] < 100000
+    status = json.loads((tmp_path / "status.json").read_text())
+    assert status["running"] is False and status["door"] == "released"
+
+
+def _run_in_background(service: Service, source) -> threading.Thread:
+    thread = threading.Thread(target=service.run, args=(source,))
+    thread.start()
+    return thread
+
+
+def _wait_for(condition, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.05)
+
+
+def test_a_corrupt_model_is_refused_while_frames_keep_flowing(model_dir, tmp_path):
+    service = make_service(model_dir, tmp_path)
+    old_sha = service.pipeline.classifier.sha256
+    thread = _run_in_background(service, ImageSource(scene_images("with_mask", limit=1), still_frames=100000))
+    try:
+        _wait_for(lambda: service.frames > 3)
+        (model_dir / "mask_classifier.tflite").write_bytes(b"TFL3 but not really a model")
+        _wait_for(lambda: any(e.get("what") == "model refused" for e in events(tmp_path, "fault")))
+        seen = service.frames
+        _wait_for(lambda: service.frames > seen + 5)  # still running on the old model
+    finally:
+        service.stop()
+        thread.join(30)
+    assert service.pipeline.classifier.sha256 == old_sha
+    refused = [e for e in events(tmp_path, "fault") if e.get("what") == "model refused"][0]
+    assert "mask_classifier.tflite" in refused["reason"] and refused["kept"] == old_sha
+
+
+def test_a_good_new_model_is_swapped_in_between_frames(model_dir, tmp_path, trained):
+    out, _ = trained
+    service = make_service(model_dir, tmp_path)
+    thread = _run_in_background(service, ImageSource(scene_images("with_mask", limit=1), still_frames=100000))
+    try:
+        _wait_for(lambda: service.frames > 3)
+        # As mask-deploy does it: card first, then the model by atomic rename.
+        shutil.copy(out / "mask_classifier.json", model_dir / "mask_classifier.json")
+        shutil.copy(out / "mask_classifier.tflite", model_dir / "incoming.tflite")
+        os.replace(model_dir / "incoming.tflite", model_dir / "mask_classifier.tflite")
+        new_sha = json.loads((out / "mask_classifier.json").read_text())["sha256"]
+        _wait_for(lambda: service.pipeline.classifier.sha256 == new_sha)
+        seen = service.frames
+        _wait_for(lambda: service.frames > seen + 3)
+    finally:
+        service.stop()
+        thread.join(30)
+    swapped = [e for e in events(tmp_path, "model") if e.get("what") == "model swapped"]
+    assert swapped and swapped[0]["sha256"] == new_sha
+    assert json.loads((tmp_path / "status.json").read_text())["model_sha256"] == new_sha
+
+
+def test_sd_notify_messages_arrive_on_a_real_socket(model_dir, tmp_path, monkeypatch):
+    address = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(address)
+    sock.settimeout(0.5)
+    messages: list[str] = []
+
+    def listen():  # as systemd does: read as they come
+        while True:
+            try:
+                messages.append(sock.recv(4096).decode())
+            except TimeoutError:
+                return
+
+    listener = threading.Thread(target=listen)
+    listener.start()
+    monkeypatch.setenv("NOTIFY_SOCKET", address)
+    monkeypatch.setenv("WATCHDOG_USEC", "100000")  # systemd's WatchdogSec=0.1: pet every 50 ms
+    service = make_service(model_dir, tmp_path, service={"status_interval": 0.5})
+    service.run(ImageSource(scene_images("with_mask", limit=1), still_frames=150))
+    listener.join()
+    sock.close()
+    assert messages[0].startswith("READY=1\nSTATUS=")
+    assert messages.count("WATCHDOG=1") >= 3
+    statuses = [m for m in messages if m.startswith("STATUS=")]
+    assert statuses and " fps, " in statuses[-1] and "model " in statuses[-1]
+    assert messages[-1] == "STOPPING=1"
+
+
+def test_corrupt_images_and_empty_frames_are_skipped_and_counted(model_dir, tmp_path):
+    good = scene_images("with_mask", limit=1)[0]
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(good.read_bytes()[:200])
+
+    class Frames:
+        skipped = 0
+
+        def frames(self):
+            yield from ImageSource([corrupt], still_frames=1).frames()
+            yield Frame(np.zeros((0, 0, 3), np.uint8), 0.0, 0)
+            yield from ImageSource([good], still_frames=3).frames()
+
+        def close(self):
+            pass
+
+    source = ImageSource([corrupt, good], still_frames=3)
+    service = make_service(model_dir, tmp_path)
+    assert service.run(source) == 0
+    assert source.skipped == 1 and events(tmp_path, "stop")[-1] == {**events(tmp_path, "stop")[-1], "skipped": 1,
+                                                                     "frames": 3}
+    service = make_service(model_dir, tmp_path / "second")
+    assert service.run(Frames()) == 0
+    assert service.skipped == 1 and service.frames == 3
+
+
+def test_a_stalled_camera_puts_the_door_in_its_fail_state(model_dir, tmp_path):
+    image = scene_images("without_mask", limit=1)
+
+    class Stalling:
+        skipped = 0
+
+        def frames(self):
+            yield from ImageSource(image, still_frames=6).frames()
+            time.sleep(1.5)  # the camera hangs
+
+        def close(self):
+            pass
+
+    service = make_service(model_dir, tmp_path, service={"camera_timeout": 0.5})
+    service.run(Stalling())
+    faults = [e["what"] for e in events(tmp_path, "fault")]
+    assert "no frames" in faults
+    states = history(RELAY)
+    assert states.index(True) < len(states) - 1 and states[-1] is False
+
+
+def test_a_bad_config_refuses_to_start_with_one_line(tmp_path, capsys):
+    from appliance.cli import main
+
+    bad = tmp_path / "config.toml"
+    bad.write_text("[gpio]\nrelay_pin = 40\n")
+    assert main(["run", "--config", str(bad)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"mask-appliance: {bad}: [gpio] relay_pin = 40 is outside 0..27"]
+
+
+@pytest.fixture(autouse=True)
+def _quiet_state(state_dir):
+    return state_dir
+
+
+def test_stop_ends_a_service_whose_stream_is_lost(model_dir, tmp_path):
+    from appliance.sources import VideoSource
+
+    service = make_service(model_dir, tmp_path, source={"reconnect_min": 0.05, "reconnect_max": 0.2})
+    thread = _run_in_background(service, VideoSource("rtsp://127.0.0.1:9/none", service.cfg.source))
+    _wait_for(lambda: service.source is not None and service.source.skipped >= 2)
+    service.stop()
+    thread.join(5)
+    assert not thread.is_alive()
+    assert events(tmp_path, "stop")[-1]["door"] == "released"

@@ -1,0 +1,116 @@
+"""Frame sources: image folders, video files, reconnecting streams, and Picamera2's two streams."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+import types
+
+import cv2
+import numpy as np
+import pytest
+from conftest import SHIPPED, scene_images
+
+from appliance.config import DetectorConfig, SourceConfig
+from appliance.detector import make_detector
+from appliance.pipeline import Pipeline
+from appliance.sources import Backoff, VideoSource, open_source
+
+
+def test_an_image_folder_shows_each_image_as_a_separate_visit(tmp_path):
+    for i, path in enumerate(scene_images("with_mask", limit=2)):
+        (tmp_path / f"{i}.jpg").write_bytes(path.read_bytes())
+    (tmp_path / "broken.jpg").write_bytes(b"nope")
+    source = open_source(SourceConfig(still_frames=3, fps=10), str(tmp_path))
+    frames = list(source.frames())
+    assert len(frames) == 6 and source.skipped == 1
+    assert [f.index for f in frames] == list(range(6))
+    assert frames[1].t - frames[0].t == pytest.approx(0.1) and frames[3].t - frames[2].t > 10
+
+
+def test_a_video_file_is_read_to_its_end(tmp_path):
+    path = tmp_path / "door.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (320, 240))
+    for i in range(12):
+        writer.write(np.full((240, 320, 3), i * 20, np.uint8))
+    writer.release()
+    source = open_source(SourceConfig(), str(path))
+    assert isinstance(source, VideoSource) and not source.live
+    assert len(list(source.frames())) == 12
+
+
+def test_a_missing_video_file_is_an_error():
+    with pytest.raises(OSError, match="no images, video or camera found"):
+        open_source(SourceConfig(), "/nowhere/door.mp4")
+
+
+def test_a_lost_stream_reconnects_with_back_off_until_stopped(caplog):
+    source = VideoSource("rtsp://127.0.0.1:9/none", SourceConfig(reconnect_min=0.01, reconnect_max=0.04))
+    assert source.live
+    got: list = []
+    reader = threading.Thread(target=lambda: got.extend(source.frames()))
+    reader.start()
+    deadline = time.monotonic() + 20
+    while source.skipped < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    source.stop()
+    reader.join(5)
+    assert not reader.is_alive() and got == []
+    assert source.skipped >= 3 and "reconnecting" in caplog.text
+
+
+def test_backoff_doubles_up_to_its_limit_and_resets():
+    backoff = Backoff(0.001, 0.004)
+    waits = [backoff.wait() for _ in range(4)]
+    assert waits == [0.001, 0.002, 0.004, 0.004]
+    backoff.reset()
+    assert backoff.next == 0.001
+
+
+class FakePicamera2:
+    """Stands in for picamera2.Picamera2 (only on Raspberry Pi OS): main stream BGR, lores stream YUV420."""
+
+    instances: list = []
+
+    def __init__(self):
+        self.config = None
+        self.started = False
+        FakePicamera2.instances.append(self)
+
+    def create_video_configuration(self, main, lores, controls):
+        return {"main": main, "lores": lores, "controls": controls}
+
+    def configure(self, config):
+        self.config = config
+
+    def start(self):
+        self.started = True
+
+    def capture_arrays(self, names):
+        main = cv2.resize(cv2.imread(str(scene_images("without_mask", limit=1)[0])), self.config["main"]["size"])
+        lores = cv2.resize(main, self.config["lores"]["size"])
+        return [main, cv2.cvtColor(lores, cv2.COLOR_BGR2YUV_I420)], {}
+
+    def stop(self):
+        self.started = False
+
+    def close(self):
+        pass
+
+
+def test_picamera2_detects_on_lores_and_crops_from_main(monkeypatch):
+    monkeypatch.setitem(sys.modules, "picamera2", types.SimpleNamespace(Picamera2=FakePicamera2))
+    from appliance.classifier import MaskClassifier
+
+    cfg = SourceConfig(main_size=(1280, 960), lores_size=(320, 240))
+    source = open_source(cfg, "picamera2")
+    frame = next(source.frames())
+    assert frame.image.shape == (960, 1280, 3) and frame.lores.shape == (240, 320, 3)
+    assert FakePicamera2.instances[-1].config["lores"]["format"] == "YUV420"
+    pipeline = Pipeline(make_detector(DetectorConfig()), MaskClassifier(SHIPPED))
+    faces = pipeline.run(frame)
+    assert faces and max(f.face.box[2] for f in faces) > 320  # boxes are in main-stream pixels
+    assert any(f.label == "without_mask" for f in faces)
+    source.close()
+    assert FakePicamera2.instances[-1].started is False

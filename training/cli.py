@@ -1,0 +1,76 @@
+"""`mask-train`: argument parsing only; the work is in training.train and training.evaluate."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from training.train import TrainConfig
+
+
+def _train_parser(sub) -> None:
+    d = TrainConfig(data=Path("."), out=Path("."))
+    p = sub.add_parser("train", help="train, evaluate and export a model from a folder of face crops")
+    p.add_argument("data", type=Path, help="folder with with_mask/ and without_mask/ sub-folders of face crops")
+    p.add_argument("--out", type=Path, default=Path("runs/latest"), help="output folder (default: runs/latest)")
+    p.add_argument("--base-weights", default=d.base_weights,
+                   help="MobileNetV2 ImageNet weights: a .h5 path, or 'imagenet' for Keras' own download")
+    p.add_argument("--test-data", type=Path, help="a separate validation folder instead of the 80/20 split")
+    p.add_argument("--input-size", type=int, default=d.input_size)
+    p.add_argument("--alpha", type=float, default=d.alpha, choices=[0.35, 0.5, 0.75, 1.0, 1.3, 1.4])
+    p.add_argument("--epochs", type=int, default=d.epochs, help="epochs with the base frozen (early stopping)")
+    p.add_argument("--fine-tune-epochs", type=int, default=d.fine_tune_epochs,
+                   help="then epochs with the top of the base unfrozen (0: none)")
+    p.add_argument("--fine-tune-layers", type=int, default=d.fine_tune_layers)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--learning-rate", type=float, default=d.learning_rate)
+    p.add_argument("--fine-tune-learning-rate", type=float, default=d.fine_tune_learning_rate)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--patience", type=int, default=d.patience)
+    p.add_argument("--threshold", type=float, default=d.threshold, help="p(without_mask) at which a face is flagged")
+    p.add_argument("--crop-margin", type=float, default=d.crop_margin,
+                   help="how much a detected face box grows on each side before it is classified")
+    p.add_argument("--calibration-samples", type=int, default=d.calibration_samples)
+    p.add_argument("--io-dtype", choices=["int8", "uint8"], default=d.io_dtype)
+    p.add_argument("--float16", action="store_true", help="also write a float16 variant")
+
+
+def _evaluate_parser(sub) -> None:
+    p = sub.add_parser("evaluate", help="score a model on a crop folder and/or a scene set with face boxes")
+    p.add_argument("--model", type=Path, required=True, help=".tflite model (its .json card beside it)")
+    p.add_argument("--crops", type=Path, help="folder with with_mask/ and without_mask/ face crops")
+    p.add_argument("--scenes", type=Path, help="labels.csv of a scene set (image_path,x1,y1,x2,y2,label)")
+    p.add_argument("--config", type=Path, help="appliance config TOML for the detector settings")
+    p.add_argument("--out", type=Path, help="folder for the JSON results and ROC plot")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mask-train", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _train_parser(sub)
+    _evaluate_parser(sub)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        if args.command == "train":
+            from training.train import train
+
+            fields = {k: v for k, v in vars(args).items() if k not in ("command", "verbose")}
+            train(TrainConfig(**fields))
+        else:
+            from training.evaluate import evaluate_cli
+
+            evaluate_cli(args)
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        print(f"mask-train: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
