@@ -1,0 +1,214 @@
+"""mask-deploy against a real OpenSSH server on 127.0.0.1, pushing to fake Pi folders with a real service running."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest import SHIPPED, scene_images
+
+from appliance import config
+from appliance.service import Service
+from appliance.sources import ImageSource
+from deploy.cli import main
+
+SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
+
+# Runs the client's command, except that it cuts every model upload short when the client asked for it (a
+# corrupted transfer on a real SSH session, without touching mask-deploy).
+WRAPPER = """#!/bin/sh
+# Runs the client's command; for a host that asks (CORRUPT_UPLOADS), every model upload keeps only its first 1000
+# bytes: a corrupted transfer on a real SSH session, without touching mask-deploy.
+case "$SSH_ORIGINAL_COMMAND" in
+  *'.tflite"')
+    if [ -n "$CORRUPT_UPLOADS" ]; then
+      { head -c 1000; cat > /dev/null; } | sh -c "$SSH_ORIGINAL_COMMAND"
+      exit
+    fi ;;
+esac
+exec sh -c "$SSH_ORIGINAL_COMMAND"
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory):
+    """An sshd on 127.0.0.1 with a throw-away host key, and an ssh_config naming four 'Pis' served by it."""
+    if not Path(SSHD).exists():
+        pytest.fail("sshd is missing: .ci/run installs openssh-server")
+    d = tmp_path_factory.mktemp("ssh")
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", d / "host_key"], check=True)
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", d / "id"], check=True)
+    shutil.copy(d / "id.pub", d / "authorized_keys")
+    (d / "wrapper").write_text(WRAPPER)
+    (d / "wrapper").chmod(0o755)
+    port = _free_port()
+    (d / "sshd_config").write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {d / 'host_key'}\nPidFile {d / 'sshd.pid'}\n"
+        f"AuthorizedKeysFile {d / 'authorized_keys'}\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
+        f"PubkeyAuthentication yes\nUsePAM no\nStrictModes no\nPermitRootLogin prohibit-password\n"
+        f"AcceptEnv MASK_APPLIANCE_STATE CORRUPT_UPLOADS\nForceCommand {d / 'wrapper'}\n"
+    )
+    if os.geteuid() == 0:
+        Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege separation folder
+    log = open(d / "sshd.log", "w")  # noqa: SIM115 (open for the server's lifetime)
+    server = subprocess.Popen([SSHD, "-D", "-e", "-f", d / "sshd_config"], stderr=log)
+    key = (d / "host_key.pub").read_text().split()
+    (d / "known_hosts").write_text(f"[127.0.0.1]:{port} {key[0]} {key[1]}\n")
+    (d / "empty_known_hosts").write_text("")
+    hosts = {name: d / name for name in ("pi-a", "pi-b", "pi-stranger", "pi-corrupt")}
+    entries = []
+    for name, state in hosts.items():
+        known = d / ("empty_known_hosts" if name == "pi-stranger" else "known_hosts")
+        corrupt = " CORRUPT_UPLOADS=1" if name == "pi-corrupt" else ""  # one SetEnv line: ssh takes the first
+        entries.append(
+            f"Host {name}\n  HostName 127.0.0.1\n  Port {port}\n  User {getpass.getuser()}\n  IdentityFile {d / 'id'}\n"
+            f"  IdentitiesOnly yes\n  UserKnownHostsFile {known}\n  SetEnv MASK_APPLIANCE_STATE={state}{corrupt}\n"
+        )
+    (d / "ssh_config").write_text("\n".join(entries))
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.05)
+    yield d, hosts
+    server.terminate()
+    server.wait(10)
+    log.close()
+
+
+class Pi:
+    """A fake Pi's state folder with the real service running on it (models/, events.db, status.json)."""
+
+    def __init__(self, state: Path):
+        self.state = state
+        (state / "models").mkdir(parents=True, exist_ok=True)
+        for suffix in (".tflite", ".json"):
+            shutil.copy(SHIPPED.with_suffix(suffix), state / "models" / f"mask_classifier{suffix}")
+        cfg = config.parse({"classifier": {"model": str(state / "models" / "mask_classifier.tflite")},
+                            "events": {"database": str(state / "events.db")}, "service": {"model_poll": 0.2},
+                            "gpio": {"relay_pin": None, "buzzer_pin": None, "green_pin": None, "red_pin": None}})
+        self.service = Service(cfg)
+        source = ImageSource(scene_images("without_mask", limit=1), still_frames=10**6)
+        self.thread = threading.Thread(target=self.service.run, args=(source,))
+        self.thread.start()
+        while not (state / "status.json").exists():
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        self.service.stop()
+        self.thread.join(30)
+
+    @property
+    def sha256(self) -> str:
+        return json.loads((self.state / "status.json").read_text())["model_sha256"]
+
+
+@pytest.fixture
+def pis(sshd):
+    d, hosts = sshd
+    started = []
+
+    def start(*names: str) -> list[Pi]:
+        for name in names:
+            if hosts[name].exists():
+                shutil.rmtree(hosts[name])
+            started.append(Pi(hosts[name]))
+        return started[-len(names):]
+
+    yield start
+    for pi in started:
+        pi.stop()
+
+
+def deploy(sshd, *args: str) -> int:
+    return main(["--ssh-config", str(sshd[0] / "ssh_config"), "--timeout", "15", *args])
+
+
+def test_push_to_two_hosts_in_parallel_lands_and_is_reported(sshd, pis, trained, capsys):
+    out, _ = trained
+    a, b = pis("pi-a", "pi-b")
+    old = a.sha256
+    new = json.loads((out / "mask_classifier.json").read_text())["sha256"]
+    assert deploy(sshd, "push", "pi-a", "pi-b", "--model", str(out / "mask_classifier.tflite")) == 0
+    assert a.sha256 == new and b.sha256 == new
+    table = capsys.readouterr().out
+    assert table.count("ok") >= 2 and new[:12] in table
+    for pi in (a, b):
+        models = pi.state / "models"
+        assert (models / "mask_classifier.previous.tflite").read_bytes() == SHIPPED.read_bytes()
+        assert not list(models.glob(".incoming*"))
+    assert deploy(sshd, "status", "pi-a") == 0
+    assert "running" in capsys.readouterr().out
+    # and back again
+    assert deploy(sshd, "rollback", "pi-a") == 0
+    assert a.sha256 == old and "running the previous model" in capsys.readouterr().out
+
+
+def test_a_corrupted_transfer_is_refused_and_the_live_model_untouched(sshd, pis, trained, capsys):
+    out, _ = trained
+    (pi,) = pis("pi-corrupt")
+    before = (pi.state / "models" / "mask_classifier.tflite").read_bytes()
+    assert deploy(sshd, "push", "pi-corrupt", "--model", str(out / "mask_classifier.tflite")) == 1
+    assert "transfer corrupted" in capsys.readouterr().out
+    assert (pi.state / "models" / "mask_classifier.tflite").read_bytes() == before
+    assert not list((pi.state / "models").glob(".incoming*"))
+    assert pi.sha256 == json.loads(SHIPPED.with_suffix(".json").read_text())["sha256"]
+
+
+def test_an_unknown_host_key_is_refused(sshd, pis, capsys):
+    (pi,) = pis("pi-stranger")
+    assert deploy(sshd, "push", "pi-stranger") == 1
+    assert "host key unknown or changed" in capsys.readouterr().out
+    assert not list((pi.state / "models").glob(".incoming*"))
+
+
+def test_one_failed_host_does_not_stop_the_others(sshd, pis, trained, capsys):
+    out, _ = trained
+    (a,) = pis("pi-a")
+    new = json.loads((out / "mask_classifier.json").read_text())["sha256"]
+    assert deploy(sshd, "push", "pi-stranger", "pi-a", "--model", str(out / "mask_classifier.tflite")) == 1
+    table = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("pi-stranger") and "FAILED" in line for line in table)
+    assert any(line.startswith("pi-a") and " ok " in line for line in table)
+    assert a.sha256 == new
+
+
+def test_a_model_the_service_refuses_is_rolled_back(sshd, pis, tmp_path, capsys):
+    (pi,) = pis("pi-a")
+    old = pi.sha256
+    # A model whose card is consistent but which the service cannot load: it refuses it, mask-deploy rolls back.
+    bad = tmp_path / "mask_classifier.tflite"
+    bad.write_bytes(b"not a model, but its card matches")
+    card = json.loads(SHIPPED.with_suffix(".json").read_text())
+    import hashlib
+
+    card["sha256"] = hashlib.sha256(bad.read_bytes()).hexdigest()
+    bad.with_suffix(".json").write_text(json.dumps(card))
+    assert main(["--ssh-config", str(sshd[0] / "ssh_config"), "--timeout", "3", "push", "pi-a", "--model",
+                 str(bad)]) == 1
+    assert "rolled back to the previous model" in capsys.readouterr().out
+    assert pi.sha256 == old
+    assert (pi.state / "models" / "mask_classifier.tflite").read_bytes() == SHIPPED.read_bytes()
+
+
+def test_a_model_that_does_not_match_its_card_is_not_pushed(tmp_path, capsys):
+    model = tmp_path / "mask_classifier.tflite"
+    model.write_bytes(SHIPPED.read_bytes() + b"x")
+    shutil.copy(SHIPPED.with_suffix(".json"), tmp_path / "mask_classifier.json")
+    assert main(["push", "nowhere", "--model", str(model)]) == 2
+    assert "does not match its card" in capsys.readouterr().err
