@@ -53,3 +53,35 @@ def test_a_bad_label_row_names_the_line(tmp_path):
     (tmp_path / "labels.csv").write_text("image_path,x1,y1,x2,y2,label\na.jpg,0,0,10,10,hat\n")
     with pytest.raises(ValueError, match="labels.csv:2: bad row"):
         read_scene_labels(tmp_path / "labels.csv")
+
+
+def test_mask_train_evaluate_scores_the_shipped_model_on_crops_and_scenes(tmp_path, capsys):
+    import csv
+    import json
+    import shutil
+
+    from conftest import CROPS, SHIPPED
+
+    from training.cli import main
+
+    crops = tmp_path / "crops"
+    for label in ("with_mask", "without_mask"):
+        (crops / label).mkdir(parents=True)
+        for src in sorted((CROPS / label).iterdir())[-15:]:
+            shutil.copy(src, crops / label / src.name)
+    with open(SCENES / "labels.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["image_path"] in {f"images/scene_{i:04d}.jpg" for i in range(6)}]
+    with open(tmp_path / "labels.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows({**r, "image_path": str(SCENES / r["image_path"])} for r in rows)
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--model", str(SHIPPED), "--crops", str(crops), "--scenes", str(tmp_path / "labels.csv"),
+                 "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "crops (30, 0 skipped)" in printed and ">=64px" in printed
+    result = json.loads((out / "evaluation.json").read_text())
+    assert result["crops"]["n"] == 30 and result["crops"]["accuracy"] >= 0.9
+    assert result["scenes"]["images"] == 6 and result["scenes"]["all"]["faces"] == len(rows)
+    assert 0.5 < result["scenes"]["all"]["recall"] <= 1 and result["scenes"]["all"]["accuracy"] >= 0.8
+    assert (out / "roc.png").stat().st_size > 1000

@@ -248,3 +248,47 @@ def test_stop_ends_a_service_whose_stream_is_lost(model_dir, tmp_path):
     thread.join(5)
     assert not thread.is_alive()
     assert events(tmp_path, "stop")[-1]["door"] == "released"
+
+
+def test_sighup_reloads_the_config_and_refuses_a_bad_one(model_dir, tmp_path):
+    path = tmp_path / "config.toml"
+    base = (f'[classifier]\nmodel = "{model_dir / "mask_classifier.tflite"}"\n'
+            f'[events]\ndatabase = "{tmp_path / "events.db"}"\n')
+    path.write_text(base)
+    service = Service(config.load(path), config_path=path)
+    old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    service.install_signals()
+
+    def operate():
+        _wait_for(lambda: service.frames > 3)
+        path.write_text(base + '[policy]\nmode = "unlock-on-masked"\n')
+        os.kill(os.getpid(), signal.SIGHUP)
+        _wait_for(lambda: service.cfg.policy.mode == "unlock-on-masked")
+        path.write_text(base + "[policy]\nmode = 'sideways'\n")
+        os.kill(os.getpid(), signal.SIGHUP)
+        _wait_for(lambda: any(e.get("what") == "reload refused" for e in events(tmp_path, "fault")))
+        service.stop()
+
+    helper = threading.Thread(target=operate)
+    try:
+        helper.start()
+        service.run(ImageSource(scene_images("with_mask", limit=1), still_frames=100000))
+        helper.join(30)
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+    assert service.cfg.policy.mode == "unlock-on-masked"  # the bad reload changed nothing
+    refused = [e for e in events(tmp_path, "fault") if e.get("what") == "reload refused"][0]
+    assert "[policy] mode = 'sideways'" in refused["reason"]
+    assert [e["what"] for e in events(tmp_path, "model")] == ["config reloaded"]
+
+
+def test_face_images_are_stored_only_when_asked(model_dir, tmp_path):
+    image = scene_images("without_mask", limit=1)
+    make_service(model_dir, tmp_path / "off").run(ImageSource(image, still_frames=6))
+    assert not (tmp_path / "faces").exists() and not list(tmp_path.rglob("*.jpg"))
+    service = make_service(model_dir, tmp_path / "on",
+                           events={"save_faces": True, "faces_dir": str(tmp_path / "faces")})
+    service.run(ImageSource(image, still_frames=6))
+    saved = list((tmp_path / "faces").glob("*-deny-*.jpg"))
+    assert saved and all(p.stat().st_size > 500 for p in saved)

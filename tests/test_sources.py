@@ -114,3 +114,15 @@ def test_picamera2_detects_on_lores_and_crops_from_main(monkeypatch):
     assert any(f.label == "without_mask" for f in faces)
     source.close()
     assert FakePicamera2.instances[-1].started is False
+
+
+def test_the_ssd_detector_finds_the_faces_yunet_finds():
+    from appliance.imaging import read_bgr
+    from appliance.policy import iou
+
+    image = read_bgr(scene_images("without_mask", limit=1)[0])
+    ssd = make_detector(DetectorConfig(kind="ssd", score_threshold=0.5)).detect(image)
+    yunet = make_detector(DetectorConfig()).detect(image)
+    assert ssd and yunet
+    assert all(0 < f.score <= 1 and f.box[0] < f.box[2] and f.box[1] < f.box[3] for f in ssd)
+    assert any(iou(a.box, b.box) > 0.5 for a in ssd for b in yunet)
