@@ -27,7 +27,9 @@ def _interpreter_class():
         try:
             from tflite_runtime.interpreter import Interpreter
         except ImportError:
-            from tensorflow.lite import Interpreter  # type: ignore[no-redef]
+            import tensorflow as tf  # a desktop with only TensorFlow
+
+            Interpreter = tf.lite.Interpreter  # noqa: N806
     return Interpreter
 
 

@@ -71,7 +71,7 @@ def trained(small_crops, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("run")
     summary = train(TrainConfig(data=small_crops, out=out, base_weights=str(WEIGHTS_100), input_size=128, alpha=1.0,
-                                epochs=3, learning_rate=1e-3, calibration_samples=32))
+                                epochs=3, learning_rate=1e-3, calibration_samples=32, float16=True))
     return out, summary
 
 

@@ -32,6 +32,9 @@ def test_smoke_run_exports_a_model_the_appliance_loads(trained, small_crops):
     crops = load_crops(small_crops, 128)
     p = model.predict(crops.images[:4])
     assert p.shape == (4,) and ((p >= 0) & (p <= 1)).all()
+    fp16 = MaskClassifier(out / "mask_classifier_fp16.tflite")  # the float16 variant, with its own card
+    assert fp16.card.input.dtype == "float32" and fp16.card.input.quant is None
+    assert np.abs(fp16.predict(crops.images[:4]) - p).max() < 0.2
     for name in ("curves.png", "confusion.png", "roc.png", "model.keras"):
         assert (out / name).stat().st_size > 1000, name
     table = json.loads((out / "thresholds.json").read_text())
