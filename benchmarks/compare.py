@@ -25,6 +25,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parent.parent
 PEER = REPO.parent / "shared" / "peers" / "classic-keras-mask-detector" / "mask_detector.h5"
 STAGES = ("capture", "detect", "classify", "decide")
@@ -65,7 +67,7 @@ def run_ours(files: list[Path], threads: int, model_path: Path | None = None) ->
         faces += len(found)
         detections[str(path)] = [(f.box, float(x)) for f, x in zip(found, p, strict=True)]
     return {"times": times, "faces": faces, "detections": detections, "threshold": model.threshold,
-            "model_bytes": cfg.classifier.model.stat().st_size}
+            "model_bytes": cfg.classifier.model.stat().st_size, "classify_boxes": model.classify}
 
 
 def run_classic(files: list[Path], threads: int, model_path: Path | None = None) -> dict:
@@ -106,16 +108,39 @@ def run_classic(files: list[Path], threads: int, model_path: Path | None = None)
             times[stage].append(dt)
         faces += len(crops)
         detections[str(path)] = [(b, float(x)) for b, x in zip(boxes, p, strict=True)]
+
+    def classify_boxes(image, boxes):  # the classic crop: the box as it is, stretched to 224x224
+        h, w = image.shape[:2]
+        crops = []
+        for x1, y1, x2, y2 in boxes:
+            x1, y1, x2, y2 = max(0, int(x1)), max(0, int(y1)), min(w - 1, int(x2)), min(h - 1, int(y2))
+            crop = cv2.cvtColor(image[y1:y2, x1:x2], cv2.COLOR_BGR2RGB)
+            crops.append(preprocess_input(cv2.resize(crop, (224, 224)).astype("float32")))
+        return model.predict(np.array(crops), batch_size=32, verbose=0)[:, 1]
+
     return {"times": times, "faces": faces, "detections": detections, "threshold": 0.5,
-            "model_bytes": PEER.stat().st_size}
+            "model_bytes": PEER.stat().st_size, "classify_boxes": classify_boxes}
 
 
 def _child(args) -> None:
     files = _files(args.source, args.limit)
     runner = run_ours if args.child == "ours" else run_classic
     result = runner(files, args.threads, args.model)
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before the label crops
     result["frames"] = len(files)
+    classify_boxes = result.pop("classify_boxes")
+    if args.scenes:
+        # The classifier alone, on every labelled face cut from its labelled box (after the timed run).
+        from appliance.imaging import read_bgr
+        from training.evaluate import read_scene_labels
+
+        ys, ps = [], []
+        for path, faces in read_scene_labels(args.scenes).items():
+            image = read_bgr(Path(path))
+            if image is not None:
+                ps.extend(float(p) for p in classify_boxes(image, [f.box for f in faces]))
+                ys.extend(f.label for f in faces)
+        result["label_crops"] = {"labels": ys, "p": ps}
     print(json.dumps(result))
 
 
@@ -145,16 +170,19 @@ def main() -> int:
                              "a burst of noise on a shared machine hits neither alone (default 3)")
     parser.add_argument("--threads", type=int, default=2, help="threads for each pipeline's classifier")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--plots", type=Path, help="folder for roc.png (label crops) and frame_time.png")
     parser.add_argument("--child", choices=["ours", "classic"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         _child(args)
         return 0
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    results, accuracy = {}, {}
+    results, accuracy, crops = {}, {}, {}
     for _ in range(args.rounds):
         for name in ("ours", "classic"):
             cmd = [sys.executable, __file__, "--child", name, "--source", args.source, "--threads", str(args.threads)]
+            if args.scenes:
+                cmd += ["--scenes", str(args.scenes)]
             if args.limit:
                 cmd += ["--limit", str(args.limit)]
             if args.model:
@@ -166,6 +194,8 @@ def main() -> int:
                 results[name] = summary
             if args.scenes and name not in accuracy:  # the same frames give the same answers every round
                 accuracy[name] = _score(args.scenes, raw)
+                crops[name] = (np.array(raw["label_crops"]["p"]), np.array(raw["label_crops"]["labels"]),
+                               raw["threshold"])
     print(f"{'pipeline':<10} {'frames':>6} {'faces':>6} {'median ms':>10} {'p90 ms':>8} {'fps':>7} "
           f"{'capture':>8} {'detect':>7} {'classify':>9} {'decide':>7} {'peak RSS MB':>12} {'model MB':>9}")
     for name, r in results.items():
@@ -184,9 +214,39 @@ def main() -> int:
             print(format_scenes(scores))
         for name in results:
             results[name]["scenes"] = accuracy.get(name)
+        from training import report
+
+        print()
+        for name, (p, y, threshold) in crops.items():
+            r = {**report.rates(p, y, threshold), "roc_auc": report.crop_metrics(p, y, threshold)["roc_auc"]}
+            results[name]["label_crops"] = r
+            print(f"{name}: classifier alone on {r['n']} labelled boxes: accuracy {r['accuracy']:.3f} "
+                  f"TNR {r['tnr']:.3f} FNR {r['fnr']:.3f} ROC AUC {r['roc_auc']:.4f}")
+    if args.plots:
+        _plots(args.plots, results, crops)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 0
+
+
+def _plots(folder: Path, results: dict, crops: dict) -> None:
+    from training import report
+
+    folder.mkdir(parents=True, exist_ok=True)
+    if crops:
+        report.plot_roc({name: (p, y) for name, (p, y, _) in crops.items()}, folder / "roc.png")
+    plt = report._pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    left = np.zeros(len(results))
+    for stage in STAGES:
+        values = np.array([r["stages_ms"][stage] for r in results.values()])
+        ax.barh(list(results), values, left=left, label=stage)
+        left += values
+    ax.set_xlabel("mean ms per frame")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(folder / "frame_time.png", dpi=100)
+    plt.close(fig)
 
 
 def _score(labels_csv: Path, raw: dict) -> dict:

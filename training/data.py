@@ -56,8 +56,11 @@ def list_crops(root: Path) -> list[tuple[Path, int]]:
 
 def load_crops(root: Path, size: int) -> CropSet:
     """Read every crop under root/<label>/ padded square and resized to size; skip and list what cannot be read."""
+    from tqdm import tqdm
+
     images, labels, paths, skipped = [], [], [], []
-    for path, label in list_crops(root):
+    # disable=None: a progress bar on a terminal, silence in logs and CI.
+    for path, label in tqdm(list_crops(root), desc=f"reading {Path(root).name}", unit="img", disable=None):
         if path.suffix.lower() not in IMAGE_SUFFIXES:
             skipped.append(f"{path}: not an image file")
             continue
