@@ -19,7 +19,7 @@ class ModelError(RuntimeError):
     """A model file or its card cannot be used."""
 
 
-def _interpreter_class():
+def interpreter_class():
     # LiteRT is the Pi's runtime; the older names are fallbacks for machines that have only those.
     try:
         from ai_edge_litert.interpreter import Interpreter
@@ -58,7 +58,7 @@ class MaskClassifier:
             raise ModelError(f"{self.path}: sha256 {self.sha256[:12]}... does not match its card's "
                              f"{self.card.sha256[:12]}...")
         try:
-            self._interp = _interpreter_class()(model_content=content, num_threads=num_threads)
+            self._interp = interpreter_class()(model_content=content, num_threads=num_threads)
             self._interp.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             raise ModelError(f"{self.path}: not a loadable TFLite model ({exc})") from None

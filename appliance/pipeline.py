@@ -1,9 +1,8 @@
-"""One frame -> faces with p(without_mask): the detector and classifier stages, timed."""
+"""One frame -> faces with p(without_mask): the detector and classifier stages."""
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -28,24 +27,16 @@ class FaceResult:
         }
 
 
-@dataclass
-class StageTimes:
-    detect: list[float] = field(default_factory=list)
-    classify: list[float] = field(default_factory=list)
-
-
 class Pipeline:
     def __init__(self, detector: FaceDetector, classifier: MaskClassifier, threshold: float | None = None):
         self.detector, self.classifier = detector, classifier
         self.threshold_override = threshold
-        self.times = StageTimes()
 
     @property
     def threshold(self) -> float:
         return self.threshold_override if self.threshold_override is not None else self.classifier.threshold
 
     def run(self, frame: Frame) -> list[FaceResult]:
-        t0 = time.perf_counter()
         small = frame.lores if frame.lores is not None else frame.image
         faces = self.detector.detect(small)
         if small is not frame.image:  # boxes found on the low-res stream, in main-stream pixels
@@ -53,11 +44,7 @@ class Pipeline:
             sy = frame.image.shape[0] / small.shape[0]
             faces = [Face((f.box[0] * sx, f.box[1] * sy, f.box[2] * sx, f.box[3] * sy), f.score,
                           tuple((x * sx, y * sy) for x, y in f.landmarks)) for f in faces]
-        t1 = time.perf_counter()
         probs = self.classifier.classify(frame.image, [f.box for f in faces]) if faces else np.zeros(0)
-        t2 = time.perf_counter()
-        self.times.detect.append(t1 - t0)
-        self.times.classify.append(t2 - t1)
         negative = LABELS[1 - LABELS.index(POSITIVE)]
         return [FaceResult(f, float(p), POSITIVE if p >= self.threshold else negative)
                 for f, p in zip(faces, probs, strict=True)]

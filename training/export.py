@@ -66,9 +66,9 @@ def convert(model, representative: np.ndarray, io_dtype: str = "int8", float16: 
 
 
 def _io_tensors(tflite_path: Path) -> tuple[Tensor, Tensor]:
-    from appliance.classifier import _interpreter_class
+    from appliance.classifier import interpreter_class
 
-    interp = _interpreter_class()(model_path=str(tflite_path))
+    interp = interpreter_class()(model_path=str(tflite_path))
     details = [interp.get_input_details()[0], interp.get_output_details()[0]]
     tensors = []
     for d in details:
