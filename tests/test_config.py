@@ -59,3 +59,16 @@ def test_bad_toml_and_missing_files_are_named(tmp_path):
 def test_fail_secure_is_accepted_when_the_de_energized_relay_locks():
     cfg = config.parse({"gpio": {"fail": "secure", "relay_energized": "released"}})
     assert cfg.gpio.fail == "secure"
+
+
+def test_the_pi_config_the_installer_writes_is_valid():
+    import tomllib
+
+    from conftest import REPO, SHIPPED
+
+    table = tomllib.loads((REPO / "deploy/config.pi.toml").read_text())
+    assert table["classifier"]["model"] == "/var/lib/mask-appliance/models/mask_classifier.tflite"
+    table["classifier"]["model"] = str(SHIPPED)  # the one path that exists only on a Pi
+    cfg = config.parse(table, "deploy/config.pi.toml")
+    assert cfg.source.spec == "picamera2" and cfg.source.lores_size == (320, 240) and cfg.detector.max_side == 320
+    assert cfg.gpio.fail == "safe" and cfg.classifier.threads == 4
