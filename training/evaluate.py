@@ -175,12 +175,15 @@ def evaluate_cli(args) -> dict:
         scenes = score_scenes(labels, detections, pipeline.threshold, skipped)
         y, p = scenes.pop("_matched")
         curves["scene faces (matched)"] = (np.array(p), np.array(y))
+        scenes["thresholds"] = report.threshold_table(np.array(p), np.array(y))
         ly, lp = label_crops(labels, model.classify)
         scenes["label_crops"] = report.rates(lp, ly, pipeline.threshold)
         results["scenes"] = scenes
         print(f"scenes: {scenes['images']} images, {len(scenes['skipped_images'])} skipped, "
               f"detector {cfg.detector.kind} at <= {cfg.detector.max_side} px")
         print(format_scenes(scenes))
+        print("matched scene faces by threshold:")
+        print(report.print_table(scenes["thresholds"]))
         lc = scenes["label_crops"]
         print(f"labelled boxes classified directly: accuracy {lc['accuracy']:.3f} TNR {lc['tnr']:.3f} "
               f"FNR {lc['fnr']:.3f}")
