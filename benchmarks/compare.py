@@ -131,16 +131,10 @@ def _child(args) -> None:
     classify_boxes = result.pop("classify_boxes")
     if args.scenes:
         # The classifier alone, on every labelled face cut from its labelled box (after the timed run).
-        from appliance.imaging import read_bgr
-        from training.evaluate import read_scene_labels
+        from training.evaluate import label_crops, read_scene_labels
 
-        ys, ps = [], []
-        for path, faces in read_scene_labels(args.scenes).items():
-            image = read_bgr(Path(path))
-            if image is not None:
-                ps.extend(float(p) for p in classify_boxes(image, [f.box for f in faces]))
-                ys.extend(f.label for f in faces)
-        result["label_crops"] = {"labels": ys, "p": ps}
+        ys, ps = label_crops(read_scene_labels(args.scenes), classify_boxes)
+        result["label_crops"] = {"labels": ys.tolist(), "p": ps.tolist()}
     print(json.dumps(result))
 
 
@@ -235,7 +229,7 @@ def _plots(folder: Path, results: dict, crops: dict) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     if crops:
         report.plot_roc({name: (p, y) for name, (p, y, _) in crops.items()}, folder / "roc.png")
-    plt = report._pyplot()
+    plt = report.pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.5))
     left = np.zeros(len(results))
     for stage in STAGES:

@@ -54,9 +54,10 @@ class Host:
         except subprocess.TimeoutExpired:
             raise DeployError(f"{what}: no answer in {self.timeout:.0f} s") from None
         if proc.returncode != 0:
-            err = proc.stderr.decode(errors="replace").strip().splitlines()
+            stderr = proc.stderr.decode(errors="replace")
+            err = stderr.strip().splitlines()
             reason = err[-1] if err else f"exit {proc.returncode}"
-            if "Host key verification failed" in proc.stderr.decode(errors="replace"):
+            if "Host key verification failed" in stderr:
                 reason = "host key unknown or changed (add it to known_hosts after checking it; never skipped)"
             raise DeployError(f"{what}: {reason}")
         return proc.stdout.decode(errors="replace")
@@ -118,7 +119,7 @@ def _cleanup(host: Host, *names: str) -> None:
 def rollback_one(host: Host, confirm_timeout: float) -> Result:
     try:
         host.run(remote.rollback(), what="rollback")
-        previous = json.loads(host.run(remote.STATE + f'cat "$M/{remote.CARD}"', what="read card"))["sha256"]
+        previous = json.loads(host.run(remote.CARD_IN_USE, what="read card"))["sha256"]
         host.wait_for(previous, confirm_timeout)
         return Result(host.name, True, "running the previous model", previous)
     except (DeployError, json.JSONDecodeError, KeyError) as exc:

@@ -45,6 +45,7 @@ def remove(*names: str) -> str:
 
 
 STATUS = STATE + 'cat "$S/status.json"'
+CARD_IN_USE = STATE + f'cat "$M/{CARD}"'
 
 # The last decisions, read with the Pi's own python3 (sqlite3 is in its standard library).
 LAST_DECISIONS = STATE + (

@@ -56,7 +56,7 @@ def save_json(path: Path, data) -> None:
     Path(path).write_text(json.dumps(data, indent=2) + "\n")
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -66,7 +66,7 @@ def _pyplot():
 
 
 def plot_history(histories: list[dict], path: Path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     merged: dict[str, list] = {}
     for h in histories:
@@ -85,7 +85,7 @@ def plot_history(histories: list[dict], path: Path) -> None:
 
 
 def plot_confusion(confusion: list[list[int]], path: Path) -> None:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(4.5, 4))
     ax.imshow(confusion, cmap="Blues")
     for i in range(2):
@@ -104,7 +104,7 @@ def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path) -> No
     """ROC of 'unmasked caught' (TNR) against 'masked flagged' (FNR), one curve per named classifier."""
     from sklearn.metrics import auc, roc_curve
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 5))
     for name, (p, labels) in curves.items():
         fpr, tpr, _ = roc_curve(labels, p)
