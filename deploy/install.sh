@@ -109,7 +109,6 @@ install_files() {
     chown -R "$SERVICE_USER:$SERVICE_USER" "$STATE" "$CACHE"
     chmod 2775 "$STATE/models"
     chmod 0750 "$STATE"
-    chmod g+x "$STATE"
     # Fetch the face detector once now (from $MASK_APPLIANCE_ASSETS or its upstream URL, sha256-checked).
     MASK_APPLIANCE_CACHE=$CACHE "$APP/venv/bin/python" -c "from appliance.assets import resolve; resolve('yunet')"
     chown -R "$SERVICE_USER:$SERVICE_USER" "$CACHE"

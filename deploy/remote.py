@@ -22,10 +22,12 @@ def sha256(*names: str) -> str:
 
 
 def swap(tmp_model: str, tmp_card: str) -> str:
-    """Keep the current model as previous (hard links), then rename the new card and model into place, card
-    first: each rename is atomic, so the live model is always whole, old or new."""
+    """Keep the current model as previous, then rename the new card and model into place, card first: each rename
+    is atomic, so the live model is always whole, old or new. Previous is a copy, not a hard link: the installed
+    model belongs to the service user, and Debian's protected_hardlinks forbids the deploy user to link it."""
     return STATE + (
-        f'cd "$M" && if [ -f {MODEL} ]; then ln -f {MODEL} {PREV_MODEL} && ln -f {CARD} {PREV_CARD}; fi && '
+        f'cd "$M" && if [ -f {MODEL} ]; then cp {CARD} .previous.json && cp {MODEL} .previous.tflite && '
+        f"mv -f .previous.json {PREV_CARD} && mv -f .previous.tflite {PREV_MODEL}; fi && "
         f"mv -f {tmp_card} {CARD} && mv -f {tmp_model} {MODEL}"
     )
 
