@@ -81,6 +81,19 @@ def cmd_detect(args) -> int:
     return 0
 
 
+def versions() -> str:
+    """Python and the runtime libraries as installed: what a bug report or a Pi check needs first."""
+    import contextlib
+    import platform
+    from importlib import metadata
+
+    found = [f"python {platform.python_version()} {platform.machine()}"]
+    for dist in ("numpy", "opencv-python-headless", "ai-edge-litert", "tflite-runtime", "gpiozero"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            found.append(f"{dist} {metadata.version(dist)}")
+    return ", ".join(found)
+
+
 def cmd_check(args) -> int:
     """Report camera, pin factory, detector and model, and what is missing; exit 1 if anything is."""
     problems = 0
@@ -93,6 +106,7 @@ def cmd_check(args) -> int:
     try:
         cfg, path = _config(args.config)
         line(True, "config", str(path or "built-in defaults"))
+        line(True, "runtime", versions())
     except config_mod.ConfigError as exc:
         line(False, "config", str(exc))
         return 1

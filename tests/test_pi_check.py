@@ -1,0 +1,114 @@
+"""deploy/pi_check.py's own logic: the comparison that decides pass or fail, the Pi config it derives, the CPUs
+it presents. The whole check (arm64 under qemu) runs in .ci/run as deploy/pi-check."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import tomllib
+
+import pytest
+from conftest import SCENES, SHIPPED
+
+from appliance import config as config_mod
+from deploy import pi_check
+
+REFERENCE = {
+    "a.jpg": [{"box": [10.0, 20.0, 110.0, 150.0], "score": 0.9, "p_without_mask": 0.9961, "label": "without_mask"},
+              {"box": [300.0, 40.0, 360.0, 120.0], "score": 0.7, "p_without_mask": 0.0117, "label": "with_mask"}],
+    "b.jpg": [],
+}
+
+
+def test_identical_runs_pass_and_report_zero_gaps():
+    problems, worst = pi_check.compare(REFERENCE, copy.deepcopy(REFERENCE))
+    assert problems == []
+    assert worst == {"faces": 2, "labels_differ": 0, "box_px": 0.0, "p": 0.0}
+
+
+def test_gaps_inside_the_tolerance_pass():
+    arm = copy.deepcopy(REFERENCE)
+    arm["a.jpg"].reverse()  # order is not part of the answer
+    arm["a.jpg"][0]["box"][0] += 1.5
+    arm["a.jpg"][0]["p_without_mask"] = 0.0117 + 0.0156  # four steps of the int8 output
+    problems, worst = pi_check.compare(REFERENCE, arm)
+    assert problems == []
+    assert worst["box_px"] == pytest.approx(1.5) and worst["p"] == pytest.approx(0.0156)
+
+
+@pytest.mark.parametrize("change, expected", [
+    (lambda r: r["a.jpg"][1].update(label="without_mask"), r"a\.jpg: .* is without_mask on arm64, with_mask here"),
+    (lambda r: r["a.jpg"][0].update(p_without_mask=0.95), r"a\.jpg: .* p_without_mask 0\.95 on arm64, 0\.9961 here"),
+    (lambda r: r["a.jpg"][0]["box"].__setitem__(3, 155.0), r"a\.jpg: .* boxed .* \(5\.0 px\)"),
+    (lambda r: r["a.jpg"].pop(1), r"a\.jpg: face at \[300\.0, .* not found on arm64"),
+    (lambda r: r["b.jpg"].append(copy.deepcopy(REFERENCE["a.jpg"][0])),
+     r"b\.jpg: arm64 found a face at \[10\.0, .*\] that this machine did not"),
+    (lambda r: r.pop("b.jpg"), r"b\.jpg: no result from arm64"),
+])
+def test_each_kind_of_difference_fails_with_a_line_naming_the_image(change, expected):
+    arm = copy.deepcopy(REFERENCE)
+    change(arm)
+    problems, worst = pi_check.compare(REFERENCE, arm)
+    assert len(problems) == 1 and re.fullmatch(expected, problems[0]), problems
+    assert worst["labels_differ"] == (" is without_mask on arm64" in problems[0])
+
+
+def test_detect_output_is_parsed_per_image():
+    lines = "\n".join(json.dumps({"image": k, "faces": v}) for k, v in REFERENCE.items())
+    assert pi_check.parse_detect(lines) == REFERENCE
+
+
+def test_the_derived_config_is_the_pi_config_with_images_and_the_shipped_model(tmp_path):
+    path = pi_check.pi_config(tmp_path / "config.toml", SCENES / "images", SHIPPED)
+    derived, pi = (tomllib.loads(p.read_text()) for p in (path, pi_check.REPO / "deploy/config.pi.toml"))
+    assert pi["source"]["spec"] == "picamera2" and pi["classifier"]["model"].startswith("/var/lib/")
+    pi["source"]["spec"], pi["classifier"]["model"] = str(SCENES / "images"), str(SHIPPED)
+    assert derived == pi  # everything else, detection at 320 px and four threads among it, is what a Pi runs
+    cfg = config_mod.load(path)
+    assert cfg.detector.max_side == 320 and cfg.classifier.threads == 4 and cfg.classifier.model == SHIPPED
+
+
+def test_a_pi_config_without_the_expected_keys_is_refused(tmp_path, monkeypatch):
+    repo = tmp_path / "repo"
+    (repo / "deploy").mkdir(parents=True)
+    (repo / "deploy/config.pi.toml").write_text('[source]\nspec = "picamera2"\n')
+    monkeypatch.setattr(pi_check, "REPO", repo)
+    with pytest.raises(RuntimeError, match=r"config.pi.toml: expected one 'model = \.\.\.' line, found 0"):
+        pi_check.pi_config(tmp_path / "c.toml", tmp_path, tmp_path / "m.tflite")
+
+
+def test_cpuinfo_describes_each_pi_and_only_its_own_features():
+    for key, part, qemu in (("pi4", "0xd08", "cortex-a72"), ("pi5", "0xd0b", "cortex-a76")):
+        cpu = pi_check.CPUS[key]
+        text = cpu.cpuinfo()
+        assert cpu.qemu == qemu
+        assert re.findall(r"^processor\t: (\d)$", text, re.M) == ["0", "1", "2", "3"]
+        assert set(re.findall(r"^CPU part\t: (\S+)$", text, re.M)) == {part}
+        assert "Raspberry Pi" in text.splitlines()[-1]
+    # The Cortex-A72 has no dot-product or LSE atomics; claiming them makes LiteRT run instructions it lacks.
+    pi4 = set(re.search(r"^Features\t: (.*)$", pi_check.CPUS["pi4"].cpuinfo(), re.M).group(1).split())
+    assert {"asimddp", "atomics"}.isdisjoint(pi4) and {"fp", "asimd", "crc32"} <= pi4
+
+
+def test_pip_is_offered_every_manylinux_tag_bookworm_can_run():
+    assert {"manylinux2014_aarch64", "manylinux_2_17_aarch64", "manylinux_2_27_aarch64",
+            "manylinux_2_28_aarch64", "manylinux_2_36_aarch64"} <= set(pi_check.PLATFORMS)
+    assert "manylinux_2_37_aarch64" not in pi_check.PLATFORMS
+
+
+def test_apt_plan_names_the_files_apt_saves(tmp_path):
+    simulation = ("Inst libc6 (2.36-9+deb12u13 Debian:12.13/stable [arm64])\n"
+                  "Conf libc6 (2.36-9+deb12u13 Debian:12.13/stable [arm64])\n"
+                  "Inst python3-numpy (1:1.24.2-1+deb12u1 Debian:12.13/stable [arm64])\n")
+    assert [p.name for p in pi_check.planned_debs(simulation, tmp_path)] == [
+        "libc6_2.36-9+deb12u13_arm64.deb", "python3-numpy_1%3a1.24.2-1+deb12u1_arm64.deb"]
+
+
+def test_images_are_spread_over_the_folder():
+    picked = pi_check.pick_images(SCENES / "images", 6)
+    everything = sorted((SCENES / "images").glob("*.jpg"))
+    assert len(set(picked)) == 6 and picked[0] == everything[0]
+    assert everything.index(picked[-1]) >= len(everything) * 5 // 6 - 1
+    with pytest.raises(RuntimeError, match="need 100000"):
+        pi_check.pick_images(SCENES / "images", 100000)
