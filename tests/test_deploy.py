@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import getpass
+import grp
 import json
 import os
+import pwd
 import shutil
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -21,6 +24,9 @@ from appliance.sources import ImageSource
 from deploy.cli import main
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
+# As root, the tests also push as a deploy user who is not root and does not own the live model, as on a Pi: that
+# user is in the group that owns the models folder (set-gid, group-writable), as deploy/install.sh sets it up.
+DEPLOY_USER, DEPLOY_GROUP = "mask-deploy-test", "mask-deploy-test-models"
 
 # Runs the client's command, except that it cuts every model upload short when the client asked for it (a
 # corrupted transfer on a real SSH session, without touching mask-deploy).
@@ -45,11 +51,30 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def sshd(tmp_path_factory):
-    """An sshd on 127.0.0.1 with a throw-away host key, and an ssh_config naming four 'Pis' served by it."""
+def deploy_user():
+    """A real non-root user and its group, made for these tests and removed after them; None unless root."""
+    if os.geteuid() != 0:
+        yield None
+        return
+    for leftover in (["userdel", DEPLOY_USER], ["groupdel", DEPLOY_GROUP]):  # from a run that was killed
+        subprocess.run(leftover, check=False, capture_output=True)
+    subprocess.run(["groupadd", "--system", DEPLOY_GROUP], check=True)
+    # Password "*": no password, but not locked ("!"), which sshd without PAM refuses even for key logins.
+    subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/bin/sh", "--password", "*",
+                    "--groups", DEPLOY_GROUP, DEPLOY_USER], check=True)
+    yield DEPLOY_USER
+    subprocess.run(["userdel", DEPLOY_USER], check=False)
+    subprocess.run(["groupdel", DEPLOY_GROUP], check=False)
+
+
+@pytest.fixture(scope="module")
+def sshd(deploy_user):
+    """An sshd on 127.0.0.1 with a throw-away host key, and an ssh_config naming the 'Pis' it serves. Its folder
+    can be read by others (not pytest's private tmp), so that a non-root login reaches its keys and state."""
     if not Path(SSHD).exists():
         pytest.fail("sshd is missing: .ci/run installs openssh-server")
-    d = tmp_path_factory.mktemp("ssh")
+    d = Path(tempfile.mkdtemp(prefix="mask-deploy-sshd-"))
+    d.chmod(0o755)
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", d / "host_key"], check=True)
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", d / "id"], check=True)
     shutil.copy(d / "id.pub", d / "authorized_keys")
@@ -69,13 +94,14 @@ def sshd(tmp_path_factory):
     key = (d / "host_key.pub").read_text().split()
     (d / "known_hosts").write_text(f"[127.0.0.1]:{port} {key[0]} {key[1]}\n")
     (d / "empty_known_hosts").write_text("")
-    hosts = {name: d / name for name in ("pi-a", "pi-b", "pi-stranger", "pi-corrupt")}
+    hosts = {name: d / name for name in ("pi-a", "pi-b", "pi-stranger", "pi-corrupt", "pi-deployer")}
     entries = []
     for name, state in hosts.items():
         known = d / ("empty_known_hosts" if name == "pi-stranger" else "known_hosts")
         corrupt = " CORRUPT_UPLOADS=1" if name == "pi-corrupt" else ""  # one SetEnv line: ssh takes the first
+        user = deploy_user if name == "pi-deployer" and deploy_user else getpass.getuser()
         entries.append(
-            f"Host {name}\n  HostName 127.0.0.1\n  Port {port}\n  User {getpass.getuser()}\n  IdentityFile {d / 'id'}\n"
+            f"Host {name}\n  HostName 127.0.0.1\n  Port {port}\n  User {user}\n  IdentityFile {d / 'id'}\n"
             f"  IdentitiesOnly yes\n  UserKnownHostsFile {known}\n  SetEnv MASK_APPLIANCE_STATE={state}{corrupt}\n"
         )
     (d / "ssh_config").write_text("\n".join(entries))
@@ -89,16 +115,20 @@ def sshd(tmp_path_factory):
     server.terminate()
     server.wait(10)
     log.close()
+    shutil.rmtree(d)
 
 
 class Pi:
     """A fake Pi's state folder with the real service running on it (models/, events.db, status.json)."""
 
-    def __init__(self, state: Path):
+    def __init__(self, state: Path, group: str | None = None):
         self.state = state
         (state / "models").mkdir(parents=True, exist_ok=True)
         for suffix in (".tflite", ".json"):
             shutil.copy(SHIPPED.with_suffix(suffix), state / "models" / f"mask_classifier{suffix}")
+        if group:  # as deploy/install.sh leaves it: the live model is the service's, the folder the group's
+            shutil.chown(state / "models", group=group)
+            (state / "models").chmod(0o2775)
         cfg = config.parse({"classifier": {"model": str(state / "models" / "mask_classifier.tflite")},
                             "events": {"database": str(state / "events.db")}, "service": {"model_poll": 0.2},
                             "gpio": {"relay_pin": None, "buzzer_pin": None, "green_pin": None, "red_pin": None}})
@@ -127,7 +157,7 @@ def pis(sshd):
         for name in names:
             if hosts[name].exists():
                 shutil.rmtree(hosts[name])
-            started.append(Pi(hosts[name]))
+            started.append(Pi(hosts[name], DEPLOY_GROUP if name == "pi-deployer" else None))
         return started[-len(names):]
 
     yield start
@@ -157,6 +187,25 @@ def test_push_to_two_hosts_in_parallel_lands_and_is_reported(sshd, pis, trained,
     # and back again
     assert deploy(sshd, "rollback", "pi-a") == 0
     assert a.sha256 == old and "running the previous model" in capsys.readouterr().out
+
+
+def test_a_deploy_user_who_does_not_own_the_live_model_pushes_and_rolls_back(sshd, pis, deploy_user, trained,
+                                                                             capsys):
+    if deploy_user is None:
+        pytest.skip("needs root, to make a second user and let sshd log in as it")
+    out, _ = trained
+    (pi,) = pis("pi-deployer")
+    models = pi.state / "models"
+    old, new = pi.sha256, json.loads((out / "mask_classifier.json").read_text())["sha256"]
+    assert (models / "mask_classifier.tflite").stat().st_uid == 0
+    assert deploy(sshd, "push", "pi-deployer", "--model", str(out / "mask_classifier.tflite")) == 0, \
+        capsys.readouterr().out
+    assert pi.sha256 == new
+    live = (models / "mask_classifier.tflite").stat()  # put there by the deploy user, in the folder's group
+    assert pwd.getpwuid(live.st_uid).pw_name == DEPLOY_USER and grp.getgrgid(live.st_gid).gr_name == DEPLOY_GROUP
+    assert (models / "mask_classifier.previous.tflite").read_bytes() == SHIPPED.read_bytes()
+    assert deploy(sshd, "rollback", "pi-deployer") == 0, capsys.readouterr().out
+    assert pi.sha256 == old
 
 
 def test_a_corrupted_transfer_is_refused_and_the_live_model_untouched(sshd, pis, trained, capsys):
