@@ -37,6 +37,9 @@ P_TOL = 0.02
 BOX_TOL_PX = 2.0
 # Bookworm's glibc is 2.36: pip on the Pi accepts every manylinux tag up to that.
 PLATFORMS = ["manylinux2014_aarch64", "linux_aarch64"] + [f"manylinux_2_{v}_aarch64" for v in range(17, 37)]
+# pip's arguments for wheels that Bookworm's python3.11 on arm64 can run.
+PI_WHEELS = ["--only-binary=:all:", "--python-version", "3.11", "--implementation", "cp", "--abi", "cp311",
+             *(arg for p in PLATFORMS for arg in ("--platform", p))]
 
 
 @dataclass(frozen=True)
@@ -146,10 +149,9 @@ def download_wheels(dest: Path, numpy_version: str, pip_cache: Path) -> list[Pat
     pin = dest / "numpy-from-apt.txt"
     dest.mkdir(parents=True)
     pin.write_text(f"numpy=={numpy_version}\n")
-    platforms = [arg for p in PLATFORMS for arg in ("--platform", p)]
     sh([sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check", "--cache-dir", str(pip_cache),
-        "-d", str(dest), "--only-binary=:all:", "--python-version", "3.11", "--implementation", "cp", "--abi",
-        "cp311", *platforms, "-c", str(REPO / "deploy/pi-constraints.txt"), "-c", str(pin), *pi_requirements()])
+        "-d", str(dest), *PI_WHEELS, "-c", str(REPO / "deploy/pi-constraints.txt"), "-c", str(pin),
+        *pi_requirements()])
     return sorted(dest.glob("*.whl"))
 
 
@@ -167,13 +169,11 @@ def build_sysroot(root: Path, debs: list[Path], cache: Path) -> dict[str, Path]:
     numpy_version = re.sub(r"^\d+%3a", "", numpy_deb.name.split("_")[1]).split("-")[0]
     wheels = download_wheels(root.parent / "wheels", numpy_version, cache / "pip")
     site, src = root / "opt/mask-appliance/site", root / "opt/mask-appliance/src"
-    platforms = [arg for p in PLATFORMS for arg in ("--platform", p)]
     sh([sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-deps", "--no-compile",
-        "--target", str(site), "--only-binary=:all:", "--python-version", "3.11", "--implementation", "cp",
-        "--abi", "cp311", *platforms, *(str(w) for w in wheels if not w.name.startswith("numpy-"))])
+        "--target", str(site), *PI_WHEELS, *(str(w) for w in wheels if not w.name.startswith("numpy-"))])
     for part in ("appliance", "models"):
         shutil.copytree(REPO / part, src / part, ignore=shutil.ignore_patterns("__pycache__"))
-    (root / "proc").mkdir(exist_ok=True)
+    (root / "proc").mkdir(exist_ok=True)  # for the board's cpuinfo (run_guest)
     return {"python": root / "usr/bin/python3.11", "site": site, "src": src}
 
 

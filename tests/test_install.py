@@ -132,7 +132,8 @@ def test_uninstall_keeps_config_and_state_unless_purged(fake):
 
 
 def test_shell_scripts_pass_shellcheck():
-    scripts = [REPO / "deploy/install.sh", REPO / "scripts/test", REPO / "scripts/demo", REPO / ".ci/run"]
+    names = ("deploy/install.sh", "deploy/pi-check", "scripts/test", "scripts/demo", "scripts/venv", ".ci/run")
+    scripts = [REPO / name for name in names]
     proc = subprocess.run(["shellcheck", *map(str, scripts)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout
 
