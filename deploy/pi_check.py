@@ -200,18 +200,12 @@ def parse_detect(stdout: str) -> dict[str, list[dict]]:
     return {row["image"]: row["faces"] for row in map(json.loads, stdout.splitlines())}
 
 
-def _iou(a, b) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
 def compare(reference: dict[str, list[dict]], arm: dict[str, list[dict]],
             p_tol: float = P_TOL, box_tol: float = BOX_TOL_PX) -> tuple[list[str], dict[str, float]]:
     """Differences between two `detect --json` runs, one line each; and the faces matched, the labels that differ
     and the largest box and probability gaps."""
+    from appliance.policy import iou
+
     problems: list[str] = []
     worst = {"faces": 0, "labels_differ": 0, "box_px": 0.0, "p": 0.0}
     for image, ref_faces in reference.items():
@@ -221,8 +215,8 @@ def compare(reference: dict[str, list[dict]], arm: dict[str, list[dict]],
             continue
         left = list(arm[image])
         for face in ref_faces:
-            match = max(left, key=lambda f: _iou(f["box"], face["box"]), default=None)
-            if match is None or _iou(match["box"], face["box"]) < 0.5:
+            match = max(left, key=lambda f: iou(f["box"], face["box"]), default=None)
+            if match is None or iou(match["box"], face["box"]) < 0.5:
                 problems.append(f"{name}: face at {face['box']} not found on arm64")
                 continue
             left.remove(match)
