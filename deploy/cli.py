@@ -84,12 +84,12 @@ class Host:
         raise DeployError(f"service did not report model {sha256[:12]} within {timeout:.0f} s (runs {running})")
 
 
-def push_one(host: Host, model: Path, card_bytes: bytes, sha256: str, confirm_timeout: float) -> Result:
+def push_one(host: Host, model_bytes: bytes, card_bytes: bytes, sha256: str, confirm_timeout: float) -> Result:
     token = secrets.token_hex(4)
     tmp_model, tmp_card = f".incoming-{token}.tflite", f".incoming-{token}.json"
     try:
         host.run(remote.upload(tmp_card), stdin=card_bytes, what="upload card")
-        host.run(remote.upload(tmp_model), stdin=model.read_bytes(), what="upload model")
+        host.run(remote.upload(tmp_model), stdin=model_bytes, what="upload model")
         sums = dict(reversed(line.split(maxsplit=1)) for line in
                     host.run(remote.sha256(tmp_model, tmp_card), what="checksum").splitlines())
         got_model = next(v for k, v in sums.items() if k.endswith(tmp_model))
@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
                   "nothing pushed", file=sys.stderr)
             return 2
         card_bytes = card_path_for(args.model).read_bytes()
-        job = lambda h: push_one(h, args.model, card_bytes, sha256, args.timeout)  # noqa: E731
+        job = lambda h: push_one(h, data, card_bytes, sha256, args.timeout)  # noqa: E731
     elif args.command == "rollback":
         job = lambda h: rollback_one(h, args.timeout)  # noqa: E731
     else:

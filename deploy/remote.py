@@ -16,9 +16,12 @@ def upload(name: str) -> str:
     return STATE + f'mkdir -p "$M" && umask 022 && cat > "$M/{name}"'
 
 
+def _in_models(names: tuple[str, ...]) -> str:
+    return " ".join(f'"$M/{n}"' for n in names)
+
+
 def sha256(*names: str) -> str:
-    files = " ".join(f'"$M/{n}"' for n in names)
-    return STATE + f"sha256sum {files}"
+    return STATE + f"sha256sum {_in_models(names)}"
 
 
 def swap(tmp_model: str, tmp_card: str) -> str:
@@ -42,8 +45,7 @@ def rollback() -> str:
 
 
 def remove(*names: str) -> str:
-    files = " ".join(f'"$M/{n}"' for n in names)
-    return STATE + f"rm -f {files}"
+    return STATE + f"rm -f {_in_models(names)}"
 
 
 STATUS = STATE + 'cat "$S/status.json"'
