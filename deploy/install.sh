@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# Install or update mask-appliance on Raspberry Pi OS Bookworm, from this checkout. Idempotent: running it again
-# changes nothing unless the code, the unit or a package is missing or different.
+# Install or update mask-appliance on Raspberry Pi OS (64-bit) Bookworm or Trixie, from this checkout. Idempotent:
+# running it again changes nothing unless the code, the unit or a package is missing or different.
 #
 #   sudo deploy/install.sh [--deploy-user USER]   install or update; USER (default: $SUDO_USER) may push models
 #   sudo deploy/install.sh --uninstall [--purge]   remove the service; --purge also removes config, models, events
 #
-# MASK_INSTALL_ROOT=/some/dir runs every file step under that folder instead of / (the tests use it, with stub
-# system commands on PATH).
+# MASK_INSTALL_ROOT=/some/dir runs every file step under that folder instead of / and reads its etc/os-release (the
+# tests use it, with stub system commands on PATH). MASK_INSTALL_ANY_ARCH=1 installs on a machine that is not arm64
+# (a test machine; nothing else is supported).
 set -euo pipefail
+umask 022  # what this writes under /opt is root's alone, whatever the caller's umask
 
 ROOT=${MASK_INSTALL_ROOT:-}
 SRC=$(cd "$(dirname "$0")/.." && pwd)
@@ -17,12 +19,34 @@ STATE=$ROOT/var/lib/mask-appliance
 CACHE=$ROOT/var/cache/mask-appliance
 UNIT=$ROOT/etc/systemd/system/mask-appliance.service
 SERVICE_USER=mask-appliance
+SUPPORTED="Raspberry Pi OS Bookworm or Trixie, 64-bit (arm64), on a Raspberry Pi 4 or 5"
 # python3-picamera2/libcamera: the camera (Raspberry Pi archive only); python3-systemd: sd_notify; python3-lgpio:
-# gpiozero's pins on a Pi 4 and 5; python3-numpy: the 1.24 that Picamera2 is built against; python3-venv: the venv.
+# gpiozero's pins on a Pi 4 and 5; python3-numpy: the numpy that Picamera2 is built against (1.24 on Bookworm, 2.2
+# on Trixie); python3-venv: the venv. The names are the same on both releases.
 APT_PACKAGES=(python3-venv python3-numpy python3-picamera2 python3-libcamera python3-systemd python3-lgpio)
 
 changed=0
 say() { echo "install: $*"; }
+refuse() { echo "install: $*" >&2; exit 1; }
+
+detect_release() {  # sets RELEASE to a codename that has deploy/constraints/RELEASE.txt, or refuses
+    local os_release=$ROOT/etc/os-release id codename pretty arch
+    [ -r "$os_release" ] || refuse "$os_release not found; supported: $SUPPORTED"
+    read -r id codename pretty < <(
+        # shellcheck disable=SC1090
+        . "$os_release"; echo "${ID:-?} ${VERSION_CODENAME:-?} ${PRETTY_NAME:-$ID}")
+    arch=$(dpkg --print-architecture)
+    case "$arch" in
+        arm64) ;;
+        armhf|armel) refuse "$pretty is a 32-bit system ($arch), and LiteRT has no 32-bit wheel; supported: $SUPPORTED" ;;
+        *) [ "${MASK_INSTALL_ANY_ARCH:-0}" = 1 ] ||
+            refuse "this machine is $arch, not arm64 (MASK_INSTALL_ANY_ARCH=1 installs anyway); supported: $SUPPORTED" ;;
+    esac
+    if [[ $id != debian && $id != raspbian ]] || [ ! -f "$SRC/deploy/constraints/$codename.txt" ]; then
+        refuse "$pretty ($id $codename) is not supported; supported: $SUPPORTED"
+    fi
+    RELEASE=$codename
+}
 
 install_packages() {
     local missing=()
@@ -71,34 +95,64 @@ install_code() {
         say "code into $APP/src"
         rm -rf "$APP/src.new"
         mkdir -p "$APP/src.new"
+        # Root's and read-only to everyone else, whoever owns the checkout: the service runs this code with the
+        # gpio group, so a user who could edit it could drive the relay.
         (cd "$SRC" && tar --exclude=__pycache__ -cf - appliance models deploy systemd pyproject.toml README.md) |
-            tar -C "$APP/src.new" -xf -
+            tar -C "$APP/src.new" --no-same-owner --no-same-permissions -xf -
+        chmod -R go-w "$APP/src.new"
         echo "$stamp" > "$APP/src.new/.stamp"
         rm -rf "$APP/src"
         mv "$APP/src.new" "$APP/src"
         code_changed=1
         changed=1
     fi
-    if [ ! -x "$APP/venv/bin/python" ]; then
+    # A venv belongs to one release's Python: a Pi moved to another release gets a new one.
+    if [ ! -x "$APP/venv/bin/python" ] || [ "$(cat "$APP/venv/.release" 2>/dev/null)" != "$RELEASE" ]; then
         say "virtual environment $APP/venv (with the system's Picamera2 and numpy)"
+        rm -rf "$APP/venv"
         python3 -m venv --system-site-packages "$APP/venv"
+        echo "$RELEASE" > "$APP/venv/.release"
         code_changed=1
         changed=1
     fi
     if ((code_changed)); then
-        say "pip install (constraints: deploy/pi-constraints.txt)"
+        local numpy
+        numpy=$(system_numpy "$APP/numpy-from-apt.txt")
+        say "pip install (constraints: deploy/constraints/$RELEASE.txt, numpy $numpy from apt kept)"
         # Editable, so that the installed package finds models/assets.toml beside it in $APP/src.
-        "$APP/venv/bin/pip" install -q -c "$APP/src/deploy/pi-constraints.txt" -e "$APP/src[pi]"
+        "$APP/venv/bin/pip" install -q -c "$APP/src/deploy/constraints/$RELEASE.txt" -c "$APP/numpy-from-apt.txt" \
+            -e "$APP/src[pi]"
+        keeps_system_numpy
     fi
+}
+
+system_numpy() {  # pin: write "numpy==VERSION" of apt's numpy to the file, print VERSION
+    local version file
+    read -r version file < <(python3 -c 'import numpy; print(numpy.__version__, numpy.__file__)') ||
+        refuse "python3 cannot import numpy (apt package python3-numpy)"
+    [[ $file == /usr/lib/python3/dist-packages/* ]] ||
+        refuse "python3's numpy comes from $file, not from apt (python3-numpy): remove it first (sudo pip uninstall numpy)"
+    echo "numpy==$version" > "$1"
+    echo "$version"
+}
+
+keeps_system_numpy() {  # Picamera2 and simplejpeg break against any numpy but apt's: the venv must not hide it
+    local file
+    file=$("$APP/venv/bin/python" -c 'import numpy; print(numpy.__file__)')
+    [[ $file == /usr/lib/python3/dist-packages/* ]] ||
+        refuse "pip put a numpy of its own in the venv ($file), which would shadow apt's that Picamera2 needs"
 }
 
 install_files() {
     mkdir -p "$ETC" "$STATE/models" "$CACHE"
     if [ ! -f "$ETC/config.toml" ]; then
         say "config $ETC/config.toml"
-        install -m 0644 "$SRC/deploy/config.pi.toml" "$ETC/config.toml"
+        install -m 0640 "$SRC/deploy/config.pi.toml" "$ETC/config.toml"
         changed=1
     fi
+    # It may hold an RTSP password: root writes it, the service reads it, nobody else does.
+    chown "root:$SERVICE_USER" "$ETC/config.toml"
+    chmod 0640 "$ETC/config.toml"
     if [ ! -f "$STATE/models/mask_classifier.tflite" ]; then
         say "model into $STATE/models"
         install -m 0644 "$SRC/models/mask_classifier.json" "$STATE/models/mask_classifier.json"
@@ -171,6 +225,7 @@ if ((UNINSTALL)); then
     uninstall
     exit 0
 fi
+detect_release
 install_packages
 create_user
 install_code

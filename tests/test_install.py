@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -11,9 +12,10 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
-# One stub for apt-get, dpkg-query, getent, useradd, usermod, userdel, id, systemctl, chown and python3: it logs
-# its arguments and keeps just enough state (installed packages, users, groups, enabled units) for the
-# installer's checks to see its own earlier work.
+# One stub for apt-get, dpkg, dpkg-query, getent, useradd, usermod, userdel, id, systemctl, chown and python3: it
+# logs its arguments and keeps just enough state (installed packages, users, groups, enabled units) for the
+# installer's checks to see its own earlier work. dpkg answers $STUB_ARCH; python3 (and the venv's python, a copy
+# of it) answers numpy's version and file as $STUB_NUMPY (or, for the venv, $STUB_VENV_NUMPY) says.
 STUB = r"""#!/usr/bin/env bash
 name=$(basename "$0"); S=$STUB_STATE; echo "$name $*" >> "$S/log"
 case "$name" in
@@ -33,8 +35,15 @@ case "$name" in
       start|restart) touch "$S/active-$unit" ;;
       disable) rm -f "$S/enabled-$unit" "$S/active-$unit" ;;
     esac ;;
-  python3)  # python3 -m venv --system-site-packages DIR
-    mkdir -p "${!#}/bin"; for t in python pip; do cp "$0" "${!#}/bin/$t"; done ;;
+  dpkg) echo "${STUB_ARCH:-arm64}" ;;
+  python3|python)
+    if [ "$1" = -m ]; then  # python3 -m venv --system-site-packages DIR
+      mkdir -p "${!#}/bin"; for t in python pip; do cp "$0" "${!#}/bin/$t"; done
+    elif [[ $2 == *numpy* ]]; then
+      apt="2.2.4 /usr/lib/python3/dist-packages/numpy/__init__.py"
+      numpy=${STUB_NUMPY:-$apt}; [ "$name" = python ] && numpy=${STUB_VENV_NUMPY:-$numpy}
+      [[ $2 == *__version__* ]] && echo "$numpy" || echo "${numpy#* }"
+    fi ;;
 esac
 exit 0
 """
@@ -47,20 +56,36 @@ def fake(tmp_path):
         d.mkdir()
     (bin_dir / "stub").write_text(STUB)
     (bin_dir / "stub").chmod(0o755)
-    for name in ("apt-get", "dpkg-query", "getent", "useradd", "usermod", "userdel", "id", "systemctl", "chown",
+    for name in ("apt-get", "dpkg", "dpkg-query", "getent", "useradd", "usermod", "userdel", "id", "systemctl", "chown",
                  "python3"):
         (bin_dir / name).symlink_to(bin_dir / "stub")
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "STUB_STATE": str(state),
            "MASK_INSTALL_ROOT": str(root), "SUDO_USER": "pi"}
+    os_release(root, "trixie")
 
-    def run(*args: str, src: Path = REPO) -> tuple[str, list[str]]:
+    def run(*args: str, src: Path = REPO, fails: bool = False, **stub_env: str) -> tuple[str, list[str]]:
         (state / "log").write_text("")
-        proc = subprocess.run(["bash", str(src / "deploy" / "install.sh"), *args], env=env, capture_output=True,
-                              text=True, timeout=60)
-        assert proc.returncode == 0, proc.stderr
-        return proc.stdout, (state / "log").read_text().splitlines()
+        proc = subprocess.run(["bash", str(src / "deploy" / "install.sh"), *args], env={**env, **stub_env},
+                              capture_output=True, text=True, timeout=60)
+        assert (proc.returncode != 0) == fails, proc.stderr
+        return (proc.stderr if fails else proc.stdout), (state / "log").read_text().splitlines()
 
     return root, run
+
+
+RELEASES = {  # /etc/os-release as Raspberry Pi OS writes it (64-bit: ID=debian; 32-bit: ID=raspbian)
+    "bookworm": ("debian", "12", "Debian GNU/Linux 12 (bookworm)"),
+    "trixie": ("debian", "13", "Debian GNU/Linux 13 (trixie)"),
+    "bullseye": ("debian", "11", "Debian GNU/Linux 11 (bullseye)"),
+    "noble": ("ubuntu", "24.04", "Ubuntu 24.04.1 LTS"),
+}
+
+
+def os_release(root: Path, codename: str) -> None:
+    distro, version, pretty = RELEASES[codename]
+    (root / "etc").mkdir(exist_ok=True)
+    (root / "etc/os-release").write_text(f'PRETTY_NAME="{pretty}"\nID={distro}\nVERSION_ID="{version}"\n'
+                                         f"VERSION_CODENAME={codename}\n")
 
 
 def tree(root: Path) -> dict[str, str]:
@@ -80,6 +105,7 @@ def test_first_install_puts_everything_in_place(fake):
     assert any("python3 -m venv --system-site-packages" in line for line in log)
     pip = [line for line in log if line.startswith("pip install")][0]
     assert "-c" in pip and pip.endswith("/opt/mask-appliance/src[pi]")
+    assert "/opt/mask-appliance/src/deploy/constraints/trixie.txt" in pip
     actions = [line for line in log if line.startswith("systemctl") and "is-" not in line]
     assert actions == ["systemctl daemon-reload", "systemctl enable mask-appliance", "systemctl start mask-appliance"]
     assert (root / "etc/mask-appliance/config.toml").read_text() == (REPO / "deploy/config.pi.toml").read_text()
@@ -132,7 +158,8 @@ def test_uninstall_keeps_config_and_state_unless_purged(fake):
 
 
 def test_shell_scripts_pass_shellcheck():
-    names = ("deploy/install.sh", "deploy/pi-check", "scripts/test", "scripts/demo", "scripts/venv", ".ci/run")
+    names = ("deploy/install.sh", "deploy/pi-check", "deploy/release-tests", "scripts/test", "scripts/demo",
+             "scripts/venv", ".ci/run")
     scripts = [REPO / name for name in names]
     proc = subprocess.run(["shellcheck", *map(str, scripts)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout
@@ -159,3 +186,101 @@ def test_the_fleet_playbook_is_valid_ansible():
     proc = subprocess.run([str(playbook), "-i", str(REPO / "deploy/ansible/inventory.example.ini"),
                            str(REPO / "deploy/ansible/site.yml"), "--syntax-check"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize("codename, numpy", [("bookworm", "1.24.2"), ("trixie", "2.2.4")])
+def test_each_release_gets_its_own_constraints_and_keeps_apts_numpy(fake, codename, numpy):
+    root, run = fake
+    os_release(root, codename)
+    out, log = run(STUB_NUMPY=f"{numpy} /usr/lib/python3/dist-packages/numpy/__init__.py")
+    pip = [line for line in log if line.startswith("pip install")][0].split()
+    constraints = [pip[i + 1] for i, arg in enumerate(pip) if arg == "-c"]
+    assert constraints == [f"{root}/opt/mask-appliance/src/deploy/constraints/{codename}.txt",
+                           f"{root}/opt/mask-appliance/numpy-from-apt.txt"]
+    # pip is held to apt's numpy, so with --system-site-packages it installs none of its own
+    assert (root / "opt/mask-appliance/numpy-from-apt.txt").read_text() == f"numpy=={numpy}\n"
+    assert f"numpy {numpy} from apt kept" in out
+    assert (root / "opt/mask-appliance/venv/.release").read_text() == f"{codename}\n"
+
+
+def test_a_release_change_makes_a_new_venv(fake):
+    root, run = fake
+    os_release(root, "bookworm")
+    run()
+    os_release(root, "trixie")
+    out, log = run()
+    assert sum("python3 -m venv --system-site-packages" in line for line in log) == 1
+    assert any(line.startswith("pip install") and "constraints/trixie.txt" in line for line in log)
+
+
+@pytest.mark.parametrize("codename, arch, expected", [
+    ("bullseye", "arm64", r"Debian GNU/Linux 11 \(bullseye\) \(debian bullseye\) is not supported"),
+    ("noble", "arm64", r"Ubuntu 24\.04\.1 LTS \(ubuntu noble\) is not supported"),
+    ("bookworm", "armhf", r"Debian GNU/Linux 12 \(bookworm\) is a 32-bit system \(armhf\), and LiteRT has no 32-bit"),
+    ("trixie", "amd64", r"this machine is amd64, not arm64 \(MASK_INSTALL_ANY_ARCH=1 installs anyway\)"),
+])
+def test_an_unsupported_system_is_refused_in_one_line_before_anything_is_done(fake, codename, arch, expected):
+    root, run = fake
+    os_release(root, codename)
+    err, log = run(fails=True, STUB_ARCH=arch)
+    assert len(err.strip().splitlines()) == 1, err
+    assert re.fullmatch(rf"install: {expected}.*; supported: Raspberry Pi OS Bookworm or Trixie, 64-bit \(arm64\), "
+                        r"on a Raspberry Pi 4 or 5", err.strip()), err
+    assert [line for line in log if not line.startswith("dpkg --print-architecture")] == []
+    assert not (root / "opt").exists()
+
+
+def test_any_arch_is_allowed_only_when_asked(fake):
+    root, run = fake
+    out, _ = run(STUB_ARCH="amd64", MASK_INSTALL_ANY_ARCH="1")
+    assert "installed and running" in out
+
+
+@pytest.mark.parametrize("where, expected", [
+    ({"STUB_NUMPY": "2.3.1 /usr/local/lib/python3.13/dist-packages/numpy/__init__.py"},
+     r"python3's numpy comes from /usr/local/lib/python3\.13/dist-packages/numpy/__init__\.py, not from apt"),
+    ({"STUB_VENV_NUMPY": "2.3.1 /opt/mask-appliance/venv/lib/python3.13/site-packages/numpy/__init__.py"},
+     r"pip put a numpy of its own in the venv \(/opt/mask-appliance/venv/lib/python3\.13/site-packages/numpy/"),
+])
+def test_a_numpy_that_would_shadow_apts_is_refused(fake, where, expected):
+    root, run = fake
+    err, _ = run(fails=True, **where)
+    assert re.search(expected, err), err
+
+
+def test_installed_code_is_roots_and_writable_by_nobody_else(fake, tmp_path):
+    root, run = fake
+    src = tmp_path / "checkout"
+    for part in ("appliance", "models", "deploy", "systemd", "pyproject.toml", "README.md"):
+        (shutil.copytree if (REPO / part).is_dir() else shutil.copy)(REPO / part, src / part)
+    for path in [src, *src.rglob("*")]:  # a checkout as careless as they come: group- and world-writable
+        path.chmod(0o777 if path.is_dir() or os.access(path, os.X_OK) else 0o666)
+        if os.geteuid() == 0:
+            os.chown(path, 4321, 4321)  # and owned by someone else, as a clone by `pi` is
+    run(src=src)
+    installed = [root / "opt/mask-appliance/src", *(root / "opt/mask-appliance/src").rglob("*")]
+    assert len(installed) > 20
+    writable = [str(p) for p in installed if p.stat().st_mode & 0o022]
+    assert writable == []
+    if os.geteuid() == 0:
+        assert {p.stat().st_uid for p in installed} == {0}
+    config = root / "etc/mask-appliance/config.toml"
+    assert oct(config.stat().st_mode)[-4:] == "0640"
+
+
+def test_a_restored_config_model_and_event_log_are_kept_on_a_new_system(fake):
+    """Moving a Pi from Bookworm to Trixie: the state folder and config come back from a backup before the
+    installer runs on the freshly flashed system (README, "From Bookworm to Trixie")."""
+    root, run = fake
+    state, etc = root / "var/lib/mask-appliance", root / "etc/mask-appliance"
+    (state / "models").mkdir(parents=True)
+    etc.mkdir(parents=True)
+    (etc / "config.toml").write_text('[policy]\nmode = "unlock-on-masked"\n')
+    (state / "models/mask_classifier.tflite").write_bytes(b"a retrained model")
+    (state / "models/mask_classifier.json").write_text("{}")
+    (state / "events.db").write_bytes(b"SQLite format 3\0 and the shop's history")
+    before = {p: p.read_bytes() for p in (etc / "config.toml", state / "events.db", *(state / "models").iterdir())}
+    out, log = run()
+    assert "installed and running" in out
+    assert {p: p.read_bytes() for p in before} == before
+    assert f"chown -R mask-appliance:mask-appliance {state} {root}/var/cache/mask-appliance" in log

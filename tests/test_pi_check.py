@@ -12,7 +12,7 @@ import pytest
 from conftest import SCENES, SHIPPED
 
 from appliance import config as config_mod
-from deploy import pi_check
+from deploy import pi_check, sysroot
 
 REFERENCE = {
     "a.jpg": [{"box": [10.0, 20.0, 110.0, 150.0], "score": 0.9, "p_without_mask": 0.9961, "label": "without_mask"},
@@ -61,7 +61,7 @@ def test_detect_output_is_parsed_per_image():
 
 def test_the_derived_config_is_the_pi_config_with_images_and_the_shipped_model(tmp_path):
     path = pi_check.pi_config(tmp_path / "config.toml", SCENES / "images", SHIPPED)
-    derived, pi = (tomllib.loads(p.read_text()) for p in (path, pi_check.REPO / "deploy/config.pi.toml"))
+    derived, pi = (tomllib.loads(p.read_text()) for p in (path, sysroot.REPO / "deploy/config.pi.toml"))
     assert pi["source"]["spec"] == "picamera2" and pi["classifier"]["model"].startswith("/var/lib/")
     pi["source"]["spec"], pi["classifier"]["model"] = str(SCENES / "images"), str(SHIPPED)
     assert derived == pi  # everything else, detection at 320 px and four threads among it, is what a Pi runs
@@ -91,18 +91,40 @@ def test_cpuinfo_describes_each_pi_and_only_its_own_features():
     assert {"asimddp", "atomics"}.isdisjoint(pi4) and {"fp", "asimd", "crc32"} <= pi4
 
 
-def test_pip_is_offered_every_manylinux_tag_bookworm_can_run():
+def test_pip_is_offered_every_manylinux_tag_each_release_can_run():
+    def platforms(release, arch):
+        args = release.pip_target(arch)
+        return {args[i + 1] for i, a in enumerate(args) if a == "--platform"}
+
+    bookworm, trixie = sysroot.RELEASES["bookworm"], sysroot.RELEASES["trixie"]
     assert {"manylinux2014_aarch64", "manylinux_2_17_aarch64", "manylinux_2_27_aarch64",
-            "manylinux_2_28_aarch64", "manylinux_2_36_aarch64"} <= set(pi_check.PLATFORMS)
-    assert "manylinux_2_37_aarch64" not in pi_check.PLATFORMS
+            "manylinux_2_28_aarch64", "manylinux_2_36_aarch64"} <= platforms(bookworm, "arm64")
+    assert "manylinux_2_37_aarch64" not in platforms(bookworm, "arm64")  # Bookworm's glibc is 2.36
+    assert "manylinux_2_41_aarch64" in platforms(trixie, "arm64")  # Trixie's is 2.41
+    assert "manylinux_2_42_aarch64" not in platforms(trixie, "arm64")
+    assert all(p.endswith("_x86_64") for p in platforms(trixie, "amd64"))
+    args = trixie.pip_target("arm64")
+    assert args[args.index("--python-version") + 1] == "3.13" and args[args.index("--abi") + 1] == "cp313"
+
+
+def test_each_release_has_its_constraints_and_keeps_the_systems_numpy_major():
+    for name, numpy_major in (("bookworm", "numpy<2"), ("trixie", "numpy>=2")):
+        release = sysroot.RELEASES[name]
+        lines = [line for line in release.constraints.read_text().splitlines() if line and line[0] != "#"]
+        assert any(line.startswith(numpy_major) for line in lines), lines
+        assert "ai-edge-litert==2.3.0" in lines
 
 
 def test_apt_plan_names_the_files_apt_saves(tmp_path):
     simulation = ("Inst libc6 (2.36-9+deb12u13 Debian:12.13/stable [arm64])\n"
                   "Conf libc6 (2.36-9+deb12u13 Debian:12.13/stable [arm64])\n"
                   "Inst python3-numpy (1:1.24.2-1+deb12u1 Debian:12.13/stable [arm64])\n")
-    assert [p.name for p in pi_check.planned_debs(simulation, tmp_path)] == [
-        "libc6_2.36-9+deb12u13_arm64.deb", "python3-numpy_1%3a1.24.2-1+deb12u1_arm64.deb"]
+    debs = sysroot.planned_debs(simulation, tmp_path)
+    assert [p.name for p in debs] == ["libc6_2.36-9+deb12u13_arm64.deb", "python3-numpy_1%3a1.24.2-1+deb12u1_arm64.deb"]
+    assert sysroot.deb_version(debs, "python3-numpy") == "1.24.2"
+    trixie = [tmp_path / "python3-numpy_1%3a2.2.4+ds-1_arm64.deb", tmp_path / "python3.13_3.13.5-2_arm64.deb"]
+    assert sysroot.deb_version(trixie, "python3-numpy") == "2.2.4"
+    assert sysroot.deb_version(trixie, "python3.13") == "3.13.5"
 
 
 def test_images_are_spread_over_the_folder():
