@@ -10,6 +10,7 @@ asks for it (training, evaluation, door visits).
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 from pathlib import Path
 
@@ -23,6 +24,7 @@ DEFAULT_SEED = 20261130
 DEFAULT_VAL_FRACTION = 0.25
 
 
+@functools.cache  # training, evaluation and visits each ask for the split of the same photos
 def dhash(path: Path) -> int | None:
     """The photo's 64-bit difference hash, or None when it cannot be read."""
     image = read_bgr(path)
