@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import getpass
 import grp
+import hashlib
 import json
 import os
 import pwd
@@ -28,11 +29,13 @@ SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 # user is in the group that owns the models folder (set-gid, group-writable), as deploy/install.sh sets it up.
 DEPLOY_USER, DEPLOY_GROUP = "mask-deploy-test", "mask-deploy-test-models"
 
-# Runs the client's command, except that it cuts every model upload short when the client asked for it (a
-# corrupted transfer on a real SSH session, without touching mask-deploy).
-WRAPPER = """#!/bin/sh
-# Runs the client's command; for a host that asks (CORRUPT_UPLOADS), every model upload keeps only its first 1000
+# The "Pi" side of every ssh session. It prints a login banner first for a host that asks (LOGIN_BANNER), as a
+# login shell's start-up files may; it notes whether the client forwarded its agent (sshd sets SSH_AUTH_SOCK in the
+# session only then); and for a host that asks (CORRUPT_UPLOADS), every model upload keeps only its first 1000
 # bytes: a corrupted transfer on a real SSH session, without touching mask-deploy.
+WRAPPER = """#!/bin/sh
+if [ -n "$LOGIN_BANNER" ]; then printf '\\nShop 12 door Pi: authorised use only\\n'; fi
+if [ -n "$SSH_AUTH_SOCK" ]; then echo "$SSH_AUTH_SOCK" >> "$MASK_APPLIANCE_STATE.agent-forwarded"; fi
 case "$SSH_ORIGINAL_COMMAND" in
   *'.tflite"')
     if [ -n "$CORRUPT_UPLOADS" ]; then
@@ -42,6 +45,8 @@ case "$SSH_ORIGINAL_COMMAND" in
 esac
 exec sh -c "$SSH_ORIGINAL_COMMAND"
 """
+HOSTS = ("pi-a", "pi-b", "pi-stranger", "pi-corrupt", "pi-deployer", "pi-banner", "pi-hostile", "pi-proc",
+         "pi-files", "pi-newkey")
 
 
 def _free_port() -> int:
@@ -85,7 +90,7 @@ def sshd(deploy_user):
         f"Port {port}\nListenAddress 127.0.0.1\nHostKey {d / 'host_key'}\nPidFile {d / 'sshd.pid'}\n"
         f"AuthorizedKeysFile {d / 'authorized_keys'}\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
         f"PubkeyAuthentication yes\nUsePAM no\nStrictModes no\nPermitRootLogin prohibit-password\n"
-        f"AcceptEnv MASK_APPLIANCE_STATE CORRUPT_UPLOADS\nForceCommand {d / 'wrapper'}\n"
+        f"AcceptEnv MASK_APPLIANCE_STATE CORRUPT_UPLOADS LOGIN_BANNER\nForceCommand {d / 'wrapper'}\n"
     )
     if os.geteuid() == 0:
         Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege separation folder
@@ -94,15 +99,23 @@ def sshd(deploy_user):
     key = (d / "host_key.pub").read_text().split()
     (d / "known_hosts").write_text(f"[127.0.0.1]:{port} {key[0]} {key[1]}\n")
     (d / "empty_known_hosts").write_text("")
-    hosts = {name: d / name for name in ("pi-a", "pi-b", "pi-stranger", "pi-corrupt", "pi-deployer")}
+    (d / "newkey_known_hosts").write_text("")
+    hosts = {name: d / name for name in HOSTS}
     entries = []
     for name, state in hosts.items():
-        known = d / ("empty_known_hosts" if name == "pi-stranger" else "known_hosts")
-        corrupt = " CORRUPT_UPLOADS=1" if name == "pi-corrupt" else ""  # one SetEnv line: ssh takes the first
+        known = d / {"pi-stranger": "empty_known_hosts", "pi-newkey": "newkey_known_hosts"}.get(name, "known_hosts")
+        extra = {"pi-corrupt": " CORRUPT_UPLOADS=1", "pi-banner": " LOGIN_BANNER=1"}.get(name, "")  # one SetEnv
         user = deploy_user if name == "pi-deployer" and deploy_user else getpass.getuser()
+        # An operator's config that forwards everything it can: mask-deploy must forward nothing.
+        hostile = ("  ForwardAgent yes\n  ForwardX11 yes\n  ForwardX11Trusted yes\n"
+                   f"  LocalForward 127.0.0.1:{_free_port()} 127.0.0.1:{port}\n"
+                   if name == "pi-hostile" else "")
+        if name == "pi-newkey":  # an operator's config that trusts a host key it has never seen
+            hostile = "  StrictHostKeyChecking accept-new\n"
         entries.append(
             f"Host {name}\n  HostName 127.0.0.1\n  Port {port}\n  User {user}\n  IdentityFile {d / 'id'}\n"
-            f"  IdentitiesOnly yes\n  UserKnownHostsFile {known}\n  SetEnv MASK_APPLIANCE_STATE={state}{corrupt}\n"
+            f"  IdentitiesOnly yes\n  UserKnownHostsFile {known}\n  SetEnv MASK_APPLIANCE_STATE={state}{extra}\n"
+            f"{hostile}"
         )
     (d / "ssh_config").write_text("\n".join(entries))
     deadline = time.monotonic() + 10
@@ -118,13 +131,24 @@ def sshd(deploy_user):
     shutil.rmtree(d)
 
 
+class PacedImageSource(ImageSource):
+    """An ImageSource at a real 5 frames a second (ImageSource reads as fast as it can): the tests' services leave
+    the CPU to the rest. Decisions run on the source's simulated clock, so they are the same."""
+
+    def frames(self):
+        for frame in super().frames():
+            yield frame
+            time.sleep(0.2)
+
+
 class Pi:
     """A fake Pi's state folder with the real service running on it (models/, events.db, status.json)."""
 
-    def __init__(self, state: Path, group: str | None = None):
+    def __init__(self, state: Path, group: str | None = None, fresh: bool = True):
+        """fresh: put the shipped model live first; else the service starts on the models already there."""
         self.state = state
         (state / "models").mkdir(parents=True, exist_ok=True)
-        for suffix in (".tflite", ".json"):
+        for suffix in (".tflite", ".json") if fresh else ():
             shutil.copy(SHIPPED.with_suffix(suffix), state / "models" / f"mask_classifier{suffix}")
         if group:  # as deploy/install.sh leaves it: the live model is the service's, the folder the group's
             shutil.chown(state / "models", group=group)
@@ -133,7 +157,7 @@ class Pi:
                             "events": {"database": str(state / "events.db")}, "service": {"model_poll": 0.2},
                             "gpio": {"relay_pin": None, "buzzer_pin": None, "green_pin": None, "red_pin": None}})
         self.service = Service(cfg)
-        source = ImageSource(scene_images("without_mask", limit=1), still_frames=10**6)
+        source = PacedImageSource(scene_images("without_mask", limit=1), still_frames=10**6)
         self.thread = threading.Thread(target=self.service.run, args=(source,))
         self.thread.start()
         while not (state / "status.json").exists():
@@ -153,11 +177,11 @@ def pis(sshd):
     d, hosts = sshd
     started = []
 
-    def start(*names: str) -> list[Pi]:
+    def start(*names: str, fresh: bool = True) -> list[Pi]:
         for name in names:
-            if hosts[name].exists():
+            if hosts[name].exists() and fresh:
                 shutil.rmtree(hosts[name])
-            started.append(Pi(hosts[name], DEPLOY_GROUP if name == "pi-deployer" else None))
+            started.append(Pi(hosts[name], DEPLOY_GROUP if name == "pi-deployer" else None, fresh))
         return started[-len(names):]
 
     yield start
@@ -165,16 +189,39 @@ def pis(sshd):
         pi.stop()
 
 
+@pytest.fixture(scope="module")
+def variants(tmp_path_factory):
+    """variants(n): a model that loads and differs from the shipped one and from every other n, with a card that
+    matches: the shipped model with n zero bytes after its flatbuffer (which TFLite does not read). Cheaper than
+    training one, and each push of a new n is a real model change for the service."""
+    root = tmp_path_factory.mktemp("variants")
+
+    def make(n: int) -> Path:
+        model = root / f"v{n}" / "mask_classifier.tflite"
+        if not model.exists():
+            model.parent.mkdir()
+            data = SHIPPED.read_bytes() + bytes(n)
+            model.write_bytes(data)
+            card = json.loads(SHIPPED.with_suffix(".json").read_text())
+            card["sha256"] = hashlib.sha256(data).hexdigest()
+            model.with_suffix(".json").write_text(json.dumps(card, indent=2))
+        return model
+
+    return make
+
+
+def sha_of(model: Path) -> str:
+    return hashlib.sha256(model.read_bytes()).hexdigest()
+
+
 def deploy(sshd, *args: str) -> int:
     return main(["--ssh-config", str(sshd[0] / "ssh_config"), "--timeout", "15", *args])
 
 
-def test_push_to_two_hosts_in_parallel_lands_and_is_reported(sshd, pis, trained, capsys):
-    out, _ = trained
+def test_push_to_two_hosts_in_parallel_lands_and_is_reported(sshd, pis, variants, capsys):
     a, b = pis("pi-a", "pi-b")
-    old = a.sha256
-    new = json.loads((out / "mask_classifier.json").read_text())["sha256"]
-    assert deploy(sshd, "push", "pi-a", "pi-b", "--model", str(out / "mask_classifier.tflite")) == 0
+    old, new = a.sha256, sha_of(variants(1))
+    assert deploy(sshd, "push", "pi-a", "pi-b", "--model", str(variants(1))) == 0
     assert a.sha256 == new and b.sha256 == new
     table = capsys.readouterr().out
     assert table.count("ok") >= 2 and new[:12] in table
@@ -189,16 +236,15 @@ def test_push_to_two_hosts_in_parallel_lands_and_is_reported(sshd, pis, trained,
     assert a.sha256 == old and "running the previous model" in capsys.readouterr().out
 
 
-def test_a_deploy_user_who_does_not_own_the_live_model_pushes_and_rolls_back(sshd, pis, deploy_user, trained,
+def test_a_deploy_user_who_does_not_own_the_live_model_pushes_and_rolls_back(sshd, pis, deploy_user, variants,
                                                                              capsys):
     if deploy_user is None:
         pytest.skip("needs root, to make a second user and let sshd log in as it")
-    out, _ = trained
     (pi,) = pis("pi-deployer")
     models = pi.state / "models"
-    old, new = pi.sha256, json.loads((out / "mask_classifier.json").read_text())["sha256"]
+    old, new = pi.sha256, sha_of(variants(1))
     assert (models / "mask_classifier.tflite").stat().st_uid == 0
-    assert deploy(sshd, "push", "pi-deployer", "--model", str(out / "mask_classifier.tflite")) == 0, \
+    assert deploy(sshd, "push", "pi-deployer", "--model", str(variants(1))) == 0, \
         capsys.readouterr().out
     assert pi.sha256 == new
     live = (models / "mask_classifier.tflite").stat()  # put there by the deploy user, in the folder's group
@@ -208,11 +254,10 @@ def test_a_deploy_user_who_does_not_own_the_live_model_pushes_and_rolls_back(ssh
     assert pi.sha256 == old
 
 
-def test_a_corrupted_transfer_is_refused_and_the_live_model_untouched(sshd, pis, trained, capsys):
-    out, _ = trained
+def test_a_corrupted_transfer_is_refused_and_the_live_model_untouched(sshd, pis, variants, capsys):
     (pi,) = pis("pi-corrupt")
     before = (pi.state / "models" / "mask_classifier.tflite").read_bytes()
-    assert deploy(sshd, "push", "pi-corrupt", "--model", str(out / "mask_classifier.tflite")) == 1
+    assert deploy(sshd, "push", "pi-corrupt", "--model", str(variants(1))) == 1
     assert "transfer corrupted" in capsys.readouterr().out
     assert (pi.state / "models" / "mask_classifier.tflite").read_bytes() == before
     assert not list((pi.state / "models").glob(".incoming*"))
@@ -226,11 +271,10 @@ def test_an_unknown_host_key_is_refused(sshd, pis, capsys):
     assert not list((pi.state / "models").glob(".incoming*"))
 
 
-def test_one_failed_host_does_not_stop_the_others(sshd, pis, trained, capsys):
-    out, _ = trained
+def test_one_failed_host_does_not_stop_the_others(sshd, pis, variants, capsys):
     (a,) = pis("pi-a")
-    new = json.loads((out / "mask_classifier.json").read_text())["sha256"]
-    assert deploy(sshd, "push", "pi-stranger", "pi-a", "--model", str(out / "mask_classifier.tflite")) == 1
+    new = sha_of(variants(1))
+    assert deploy(sshd, "push", "pi-stranger", "pi-a", "--model", str(variants(1))) == 1
     table = capsys.readouterr().out.splitlines()
     assert any(line.startswith("pi-stranger") and "FAILED" in line for line in table)
     assert any(line.startswith("pi-a") and " ok " in line for line in table)
@@ -244,8 +288,6 @@ def test_a_model_the_service_refuses_is_rolled_back(sshd, pis, tmp_path, capsys)
     bad = tmp_path / "mask_classifier.tflite"
     bad.write_bytes(b"not a model, but its card matches")
     card = json.loads(SHIPPED.with_suffix(".json").read_text())
-    import hashlib
-
     card["sha256"] = hashlib.sha256(bad.read_bytes()).hexdigest()
     bad.with_suffix(".json").write_text(json.dumps(card))
     assert main(["--ssh-config", str(sshd[0] / "ssh_config"), "--timeout", "3", "push", "pi-a", "--model",

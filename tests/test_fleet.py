@@ -1,0 +1,154 @@
+# ruff: noqa: F811 (the fixtures of test_deploy.py, imported by name, are parameters here)
+"""deploy/ansible/site.yml run for real (ansible-playbook from the venv, its push steps) against the real sshd and
+the real services of test_deploy.py: a good push, a model that does not match its card, a model the service
+refuses, --check, a new host key under an accept-new ssh config, a status that cannot be read yet, and a Pi whose
+models folder another push holds (issue #13, item 9)."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from conftest import REPO, SHIPPED
+from test_deploy import (  # noqa: F401 (fixtures)
+    deploy,
+    deploy_user,
+    pis,
+    sha_of,
+    sshd,
+    variants,
+)
+from test_deploy_safety import _unloadable, models_of
+
+from deploy import cli
+
+SHIPPED_SHA = sha_of(SHIPPED)
+PLAYBOOK = REPO / "deploy/ansible/site.yml"
+
+
+def playbook(sshd, tmp_path: Path, hosts: list[str], model: Path, *args: str) -> subprocess.CompletedProcess:
+    """ansible-playbook --tags push for `hosts`, reached through the test ssh_config (their names are its Host
+    entries), each with its fake Pi's models folder."""
+    d, states = sshd
+    inventory = {"mask_appliances": {
+        "hosts": {h: {"ansible_host": h, "models_dir": str(states[h] / "models")} for h in hosts},
+        "vars": {"ansible_become": False, "ansible_python_interpreter": "/usr/bin/python3",
+                 "ansible_ssh_common_args": f"-F {d / 'ssh_config'}", "ansible_ssh_transfer_method": "piped",
+                 "service_user": getpass.getuser(), "confirm_timeout": 15}}}
+    (tmp_path / "inventory.yml").write_text(json.dumps(inventory))
+    (tmp_path / "ansible.cfg").write_text("[defaults]\n")  # none of the machine's own
+    env = {**os.environ, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_PIPELINING": "1",
+           "ANSIBLE_CONFIG": str(tmp_path / "ansible.cfg"),
+           "ANSIBLE_LOCAL_TEMP": str(tmp_path / "ansible-tmp"), "ANSIBLE_SSH_ARGS": "-o ControlMaster=no"}
+    command = [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(tmp_path / "inventory.yml"),
+               str(PLAYBOOK), "--tags", "push", "-e", f"model={model}", *args]
+    return subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, timeout=300)
+
+
+def no_leftovers(state: Path) -> None:
+    assert not list((state / "models").glob(".incoming*")) and not list((state / "models").glob(".pending*"))
+
+
+def test_a_fleet_push_lands_on_every_pi_and_keeps_the_previous(sshd, pis, variants, tmp_path):
+    a, b = pis("pi-a", "pi-b")
+    run = playbook(sshd, tmp_path, ["pi-a", "pi-b"], variants(5))
+    assert run.returncode == 0, run.stdout
+    for pi in (a, b):
+        assert pi.sha256 == sha_of(variants(5))
+        assert models_of(pi.state) == {"mask_classifier.tflite": sha_of(variants(5)),
+                                       "mask_classifier.previous.tflite": SHIPPED_SHA}
+        no_leftovers(pi.state)
+
+
+def _live_v1_previous_shipped(sshd, pi, variants) -> None:
+    assert deploy(sshd, "push", "pi-a", "--model", str(variants(1))) == 0
+    assert models_of(pi.state) == {"mask_classifier.tflite": sha_of(variants(1)),
+                                   "mask_classifier.previous.tflite": SHIPPED_SHA}
+
+
+def test_a_model_that_does_not_match_its_card_leaves_a_healthy_pi_as_it_was(sshd, pis, variants, tmp_path):
+    (pi,) = pis("pi-a")
+    _live_v1_previous_shipped(sshd, pi, variants)
+    mismatched = tmp_path / "mismatched" / "mask_classifier.tflite"
+    mismatched.parent.mkdir()
+    shutil.copy(variants(2), mismatched)
+    shutil.copy(variants(1).with_suffix(".json"), mismatched.with_suffix(".json"))  # the card of another model
+    run = playbook(sshd, tmp_path, ["pi-a"], mismatched)
+    # nothing was swapped, so nothing was "rolled back": the live model is still v1, the previous still shipped
+    assert models_of(pi.state) == {"mask_classifier.tflite": sha_of(variants(1)),
+                                   "mask_classifier.previous.tflite": SHIPPED_SHA}
+    assert pi.sha256 == sha_of(variants(1))
+    no_leftovers(pi.state)
+    assert run.returncode == 2, run.stdout
+    assert "was not pushed to pi-a" in run.stdout
+
+
+def test_a_model_the_service_refuses_is_put_back_and_the_rollback_target_kept(sshd, pis, variants, tmp_path):
+    (pi,) = pis("pi-a")
+    _live_v1_previous_shipped(sshd, pi, variants)
+    run = playbook(sshd, tmp_path, ["pi-a"], _unloadable(tmp_path), "-e", "confirm_timeout=3")
+    assert models_of(pi.state) == {"mask_classifier.tflite": sha_of(variants(1)),
+                                   "mask_classifier.previous.tflite": SHIPPED_SHA}
+    assert pi.sha256 == sha_of(variants(1))
+    no_leftovers(pi.state)
+    assert run.returncode == 2, run.stdout
+    assert "rolled back to the previous model" in run.stdout
+
+
+def test_check_mode_succeeds_and_changes_nothing(sshd, pis, variants, tmp_path):
+    (pi,) = pis("pi-a")
+    run = playbook(sshd, tmp_path, ["pi-a"], variants(5), "--check")
+    assert run.returncode == 0, run.stdout
+    assert "changed=1" in run.stdout  # it says that the upload would change the Pi
+    assert models_of(pi.state) == {"mask_classifier.tflite": SHIPPED_SHA}
+    assert pi.sha256 == SHIPPED_SHA
+    no_leftovers(pi.state)
+
+
+def test_a_new_host_key_is_refused_even_under_an_accept_new_ssh_config(sshd, pis, variants, tmp_path):
+    (pi,) = pis("pi-newkey")
+    run = playbook(sshd, tmp_path, ["pi-newkey"], variants(5))
+    assert run.returncode == 4, run.stdout  # unreachable
+    assert "Host key verification failed" in run.stdout
+    assert (sshd[0] / "newkey_known_hosts").read_text() == ""  # the key was not learnt either
+    assert models_of(pi.state) == {"mask_classifier.tflite": SHIPPED_SHA}
+    no_leftovers(pi.state)
+
+
+def test_the_wait_rides_out_a_status_that_cannot_be_read_yet(sshd, pis, variants, tmp_path):
+    # The service is (re)starting: no status.json for the first seconds of the wait.
+    state = sshd[1]["pi-b"]
+    shutil.rmtree(state, ignore_errors=True)
+    (state / "models").mkdir(parents=True)
+    for suffix in (".tflite", ".json"):
+        shutil.copy(SHIPPED.with_suffix(suffix), state / "models" / f"mask_classifier{suffix}")
+    result: list[subprocess.CompletedProcess] = []
+    push = threading.Thread(target=lambda: result.append(playbook(sshd, tmp_path, ["pi-b"], variants(6))))
+    push.start()
+    deadline = time.monotonic() + 120
+    while sha_of(state / "models" / "mask_classifier.tflite") != sha_of(variants(6)):
+        assert time.monotonic() < deadline and push.is_alive(), result and result[0].stdout
+        time.sleep(0.2)
+    time.sleep(2)  # the playbook polls a missing status.json meanwhile
+    (pi,) = pis("pi-b", fresh=False)  # the service comes up on the new model
+    push.join(120)
+    assert result[0].returncode == 0, result[0].stdout
+    assert pi.sha256 == sha_of(variants(6))
+    assert models_of(state)["mask_classifier.previous.tflite"] == SHIPPED_SHA
+
+
+def test_the_playbook_waits_for_a_push_that_holds_the_models_folder(sshd, pis, variants, tmp_path):
+    (pi,) = pis("pi-a")
+    with cli.Host("pi-a", sshd[0] / "ssh_config", cli.Timeouts(lock=5)).locked():
+        run = playbook(sshd, tmp_path, ["pi-a"], variants(5), "-e", "lock_wait=1")
+    assert run.returncode == 2, run.stdout
+    assert "still holds" in run.stdout and "nothing was changed" in run.stdout
+    assert models_of(pi.state) == {"mask_classifier.tflite": SHIPPED_SHA}
+    no_leftovers(pi.state)
