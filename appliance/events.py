@@ -18,6 +18,7 @@ import sqlite3
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from contextlib import closing, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,6 +146,12 @@ class EventLog:
         crops = [frame_bgr[max(0, int(y1)):int(y2), max(0, int(x1)):int(x2)].copy() for x1, y1, x2, y2 in boxes]
         self._put("faces", _Faces([c for c in crops if c.size], tag, time.time()))
 
+    def defer(self, kind: str, write: Callable[[], None]) -> None:
+        """Run `write` once on the writer thread, in order with the records (for example, saving a collected face
+        crop). A failure is counted and logged once under `kind`, and not retried: extras never hold up the log.
+        Dropped, like statistics, when the queue is full."""
+        self._put("deferred", (kind, write), essential=False)
+
     def subscribe(self, output: Output) -> None:
         self.outputs.append(output)
 
@@ -242,6 +249,13 @@ class EventLog:
             self._dispatch("on_frame", item)
         elif what == "faces":
             self._retry(lambda: self._write_faces(item), "faces folder", f"{self.faces_dir}")
+        elif what == "deferred":
+            kind, write = item
+            try:
+                write()
+                self._recovered(kind)
+            except (OSError, ValueError) as exc:
+                self._fail(kind, str(exc))
         elif what == "mark":
             item.set()
 

@@ -227,3 +227,23 @@ def test_a_full_queue_drops_new_records_counts_them_and_keeps_the_old(tmp_path, 
     log.close()
     frames = [json.loads(r[3])["frame"] for r in rows(db)]
     assert frames == list(range(len(frames))) and 5 <= len(frames) <= 6
+
+
+def test_deferred_writes_run_in_order_once_and_a_failure_is_counted_not_retried(tmp_path):
+    log = EventLog(tmp_path / "events.db")
+    done: list[str] = []
+    log.record("start")
+    log.defer("collect", lambda: done.append("first"))
+
+    def full_disk():
+        done.append("failed")
+        raise OSError(28, "No space left on device")
+
+    log.defer("collect", full_disk)
+    log.record("stop")
+    log.defer("collect", lambda: done.append("after"))
+    assert log.flush()
+    log.close()
+    assert done == ["first", "failed", "after"]
+    assert log.failures["collect"] == 1 and log.health()["failing"] == []
+    assert [r[1] for r in rows(tmp_path / "events.db")] == ["start", "stop"]
