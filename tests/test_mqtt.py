@@ -1,0 +1,574 @@
+"""The MQTT output against a real Mosquitto broker (Debian's `mosquitto`, installed by scripts/test), fed by a real
+EventLog: discovery, retained availability and state, one event per decision, a broker killed and restarted, a
+wrong password, and the last will of a killed appliance."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import paho.mqtt.client as paho
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from appliance import config, mqtt
+from appliance.config import ConfigError
+from appliance.events import EventLog
+from appliance.sources import ImageSource
+
+MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLES = REPO / "deploy" / "monitoring" / "mosquitto"
+pytestmark = pytest.mark.skipif(not Path(MOSQUITTO).exists(), reason="Debian's mosquitto is not installed "
+                                "(scripts/test installs it)")
+
+
+def wait_for(predicate, timeout: float = 10.0, what: str = "condition"):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+class Broker:
+    """A Mosquitto of our own on a free port of 127.0.0.1, with its own config file; no persistence, so a restart
+    loses every retained message (the worst case the appliance must recover from)."""
+
+    def __init__(self, folder: Path, users: dict[str, str] | None = None, extra: list[str] = ()):
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        lines = [f"listener {self.port} 127.0.0.1", "persistence false", "log_dest stderr",
+                 "log_type error", "log_type warning", "log_type notice", "user root"]
+        if users:
+            pw = folder / "passwd"
+            pw.touch(mode=0o600)
+            for user, password in users.items():
+                subprocess.run(["mosquitto_passwd", "-b", str(pw), user, password], check=True, capture_output=True)
+            lines += ["allow_anonymous false", f"password_file {pw}"]
+        else:
+            lines += ["allow_anonymous true"]
+        lines += extra
+        self.conf = folder / "mosquitto.conf"
+        self.conf.write_text("\n".join(lines) + "\n")
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> Broker:
+        self.log = open(self.folder / "mosquitto.log", "ab")  # noqa: SIM115 (closed in stop)
+        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stdout=self.log, stderr=subprocess.STDOUT)
+        wait_for(self._listening, 10, "mosquitto to listen")
+        return self
+
+    def _listening(self) -> bool:
+        assert self.proc is not None and self.proc.poll() is None, (self.folder / "mosquitto.log").read_text()
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+            return True
+        except OSError:
+            return False
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(5)
+        if self.proc is not None:
+            self.log.close()
+
+    stop = kill
+
+
+@pytest.fixture
+def broker(tmp_path):
+    b = Broker(tmp_path / "broker").start()
+    yield b
+    b.kill()
+
+
+class Subscriber:
+    """A plain paho client that records every message it sees (topic, payload, retained flag)."""
+
+    def __init__(self, port: int, topics=("#",), client_id: str = "test-sub", user: tuple[str, str] | None = None):
+        self.messages: list[tuple[str, bytes, bool]] = []
+        self._lock = threading.Lock()
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
+        if user:
+            self.client.username_pw_set(*user)
+        self.client.on_message = self._on_message
+        self.client.on_connect = lambda c, *_: [c.subscribe(t, qos=1) for t in topics]
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+
+    def _on_message(self, client, userdata, msg):
+        with self._lock:
+            self.messages.append((msg.topic, msg.payload, bool(msg.retain)))
+
+    def on(self, topic: str) -> list[tuple[bytes, bool]]:
+        with self._lock:
+            return [(p, r) for t, p, r in self.messages if t == topic]
+
+    def events(self) -> list[dict]:
+        return [json.loads(p) for t, p, _ in list(self.messages) if t.endswith("/event")]
+
+    def close(self):
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def feed(log: EventLog, outputs):
+    """The service's way: outputs subscribe to the event log, whose writer thread hands them every record."""
+    for out in outputs:
+        log.subscribe(out)
+    return log.record
+
+
+STATUS = {"pid": 1, "started": 0.0, "uptime": 1.0, "frames": 10, "skipped": 0, "fps": 12.5, "decision": "idle",
+          "door": "released", "model": "/m/mask_classifier.tflite", "model_sha256": "ab" * 32, "camera_lost": False,
+          "running": True}
+
+
+def make(broker_port: int, tmp_path: Path, **kw) -> tuple[mqtt.MqttOutput, EventLog]:
+    log = EventLog(tmp_path / "events.db")
+    cfg = mqtt.MqttConfig(host="127.0.0.1", port=broker_port, **kw)
+    out = mqtt.from_config(cfg, log, hostname="door-1")
+    assert out is not None
+    return out, log
+
+
+def event_ids(db: Path, kinds=mqtt.EVENT_KINDS) -> list[int]:
+    q = f"SELECT id FROM events WHERE kind IN ({','.join('?' * len(kinds))}) ORDER BY id"
+    return [i for (i,) in sqlite3.connect(db).execute(q, kinds)]
+
+
+def test_off_by_default_and_config_checks(tmp_path):
+    assert mqtt.from_config(mqtt.MqttConfig()) is None  # empty host: nothing connects anywhere
+    with pytest.raises(ConfigError, match=r"cfg.toml: \[mqtt\] topic_prefix = 'shop/#' is not a topic prefix"):
+        mqtt.check(mqtt.MqttConfig(host="b", topic_prefix="shop/#"), "cfg.toml")
+    with pytest.raises(ConfigError, match=r"\[mqtt\] password_file = '.*nope' does not exist"):
+        mqtt.check(mqtt.MqttConfig(host="b", username="u", password_file=tmp_path / "nope"), "cfg.toml")
+    with pytest.raises(ConfigError, match="username is empty"):
+        (tmp_path / "pw").write_text("x\n")
+        mqtt.check(mqtt.MqttConfig(host="b", password_file=tmp_path / "pw"), "cfg.toml")
+    mqtt.check(mqtt.MqttConfig(host="broker.local", topic_prefix="shops/12/door"), "cfg.toml")
+    (tmp_path / "ca.pem").write_text("not a certificate\n")
+    with pytest.raises(ConfigError, match=r"^\[mqtt\] tls_ca = '.*ca.pem': cannot be used"):
+        mqtt.from_config(mqtt.MqttConfig(host="127.0.0.1", tls_ca=tmp_path / "ca.pem"))
+
+
+def test_the_section_validates_like_every_other(tmp_path):
+    """[mqtt] goes through config.py's own checks: types, bounds, one line naming file, key and value."""
+    def section(table):
+        if WIRED:
+            return config.parse({"mqtt": table}, "cfg.toml").mqtt
+        return config._section("cfg.toml", "mqtt", mqtt.MqttConfig, table)
+
+    assert section({"host": "broker.lan", "port": 8883}).port == 8883
+    with pytest.raises(ConfigError, match=r"^cfg.toml: \[mqtt\] port = 70000 is outside 1..65535$"):
+        section({"host": "broker.lan", "port": 70000})
+    with pytest.raises(ConfigError, match=r"^cfg.toml: \[mqtt\] retain_state = 'yes' is not true or false$"):
+        section({"retain_state": "yes"})
+    with pytest.raises(ConfigError, match=r"^cfg.toml: unknown key \[mqtt\] hostname"):
+        section({"hostname": "x"})
+    assert section({"password_file": str(tmp_path / "pw")}).password_file == tmp_path / "pw"
+
+
+def test_discovery_availability_state_and_one_event_per_decision(broker, tmp_path):
+    sub = Subscriber(broker.port)
+    out, log = make(broker.port, tmp_path)
+    record = feed(log, [out])
+    try:
+        wait_for(lambda: sub.on("mask-appliance/door-1/availability"), what="availability")
+        log.status(STATUS)
+        record("start", None, model="ab" * 32, door="released")
+        record("decision", "allow", masked=1, unmasked=0, incorrect=0, door="released")
+        record("decision", "deny", masked=0, unmasked=1, incorrect=0, door="locked")
+        record("fault", None, what="no frames", seconds=3.0, door="released")
+        record("model", None, what="model swapped", sha256="cd" * 32, previous="ab" * 32)
+        record("decision", "idle", masked=0, unmasked=0, incorrect=0, door="released")
+        wait_for(lambda: len(sub.events()) >= 5, what="five events")
+        time.sleep(0.5)  # nothing more may come
+
+        # One event per decision, fault and model swap, with the log's own ids, in order; never the start record.
+        events = sub.events()
+        assert [e["id"] for e in events] == event_ids(log.path)
+        assert [(e["kind"], e["state"]) for e in events] == [("decision", "allow"), ("decision", "deny"),
+                                                              ("fault", None), ("model", None), ("decision", "idle")]
+        assert events[1]["detail"]["door"] == "locked" and "image" not in json.dumps(events[1]["detail"]).lower()
+
+        # Discovery: eight retained entities, valid JSON, unique ids, availability on each, default_entity_id.
+        configs = {t: json.loads(p) for t, p, _ in sub.messages if t.startswith("homeassistant/")}
+        assert len(configs) == 8
+        # Discovery and state waited for the service's first status: from the first message on they name the
+        # model and the door.
+        assert all(b"(model abababababab)" in p for t, p, _ in sub.messages if t.startswith("homeassistant/"))
+        assert json.loads(sub.on("mask-appliance/door-1/state")[0][0])["door"] == "released"
+        ids = [c["unique_id"] for c in configs.values()]
+        assert len(set(ids)) == 8
+        for topic, c in configs.items():
+            component, node, key, tail = topic.split("/")[1:]
+            assert (node, tail) == ("mask-appliance-door-1", "config")
+            assert c["default_entity_id"] == f"{component}.{node}_{key}" and "object_id" not in c
+            assert c["availability_topic"] == "mask-appliance/door-1/availability"
+            assert c["state_topic"] == "mask-appliance/door-1/state"
+            assert c["device"]["identifiers"] == ["mask-appliance-door-1"] and "abababababab" in c["device"][
+                "sw_version"]
+        by_key = {t.split("/")[3]: c for t, c in configs.items()}
+        assert by_key["unmasked"]["name"] == "Unmasked person" and topic_component(by_key, "unmasked") == \
+            "binary_sensor"
+        assert by_key["door"]["device_class"] == "enum" and by_key["door"]["options"] == ["locked", "released"]
+        assert by_key["decision"]["options"] == ["idle", "allow", "deny"]
+        assert by_key["denials"]["state_class"] == by_key["allows"]["state_class"] == "total_increasing"
+        assert by_key["fps"]["state_class"] == "measurement"
+        assert by_key["camera"]["device_class"] == "connectivity"
+
+        # A subscriber that comes later gets the retained availability and the latest state at once.
+        late = Subscriber(broker.port, client_id="late")
+        wait_for(lambda: late.on("mask-appliance/door-1/state"), what="retained state")
+        assert late.on("mask-appliance/door-1/availability") == [(b"online", True)]
+        payload, retained = late.on("mask-appliance/door-1/state")[-1]
+        state = json.loads(payload)
+        assert retained and state["decision"] == "idle" and state["door"] == "released"
+        assert (state["allows"], state["denials"], state["fps"]) == (1, 1, 12.5)
+        late.close()
+
+        # Home Assistant restarting (its birth message): discovery and state come again.
+        before = len(sub.on("homeassistant/sensor/mask-appliance-door-1/door/config"))
+        sub.client.publish("homeassistant/status", "online")
+        wait_for(lambda: len(sub.on("homeassistant/sensor/mask-appliance-door-1/door/config")) > before,
+                 what="discovery sent again")
+    finally:
+        out.close()
+        log.close()
+    # A clean stop says offline, retained.
+    wait_for(lambda: sub.on("mask-appliance/door-1/availability")[-1][0] == b"offline", what="offline")
+    sub.close()
+
+
+@pytest.mark.skipif(shutil.which("mosquitto_sub") is None, reason="mosquitto-clients is not installed")
+def test_the_readme_way_to_remove_the_entities(broker, tmp_path):
+    out, log = make(broker.port, tmp_path)
+    log.subscribe(out)
+    log.status(STATUS)
+    sub = Subscriber(broker.port)
+    wait_for(lambda: len({t for t, _, _ in sub.messages if t.startswith("homeassistant/")}) == 8, what="discovery")
+    out.close()
+    log.close()
+    sub.close()
+    probe = Subscriber(broker.port, client_id="probe")
+    wait_for(lambda: len([t for t, _, r in probe.messages if r]) == 10, what="8 configs, availability, state")
+    probe.close()
+    # The README's command: clear every retained message of this door (discovery, availability, state).
+    for topic in ("homeassistant/+/mask-appliance-door-1/+/config", "mask-appliance/door-1/#"):
+        subprocess.run(["mosquitto_sub", "-h", "127.0.0.1", "-p", str(broker.port), "-t", topic, "--retained-only",
+                        "--remove-retained", "-W", "2"], capture_output=True, timeout=10)
+    late = Subscriber(broker.port, client_id="late")
+    time.sleep(1.0)
+    assert [t for t, _, r in late.messages if r] == []  # Home Assistant would find nothing to rebuild them from
+    late.close()
+
+
+def topic_component(by_key: dict, key: str) -> str:
+    return by_key[key]["default_entity_id"].split(".")[0]
+
+
+def test_broker_killed_and_back_no_gap(broker, tmp_path):
+    out, log = make(broker.port, tmp_path)
+    record = feed(log, [out])
+    sub = Subscriber(broker.port)
+    try:
+        log.status(STATUS)
+        wait_for(lambda: sub.on("mask-appliance/door-1/state"), what="state")
+        for i in range(3):
+            record("decision", "deny" if i % 2 else "allow", masked=1, unmasked=0, incorrect=0, door="released")
+        wait_for(lambda: len(sub.events()) == 3, what="three events")
+        before = [e["id"] for e in sub.events()]
+        broker.kill()
+        sub.close()
+        # The broker is gone: decisions go on, each recorded at once (feed() asserts < 20 ms per on_record).
+        wait_for(lambda: not out._connected.is_set(), what="the loss to be seen")
+        started = time.perf_counter()
+        for i in range(20):
+            record("decision", "deny" if i % 2 else "allow", masked=1, unmasked=0, incorrect=0, door="released")
+            log.status({**STATUS, "frames": 100 + i})
+        log.flush()
+        assert time.perf_counter() - started < 1.0
+        # Straight from the writer's seat: each call returns at once with the broker gone.
+        worst = 0.0
+        for _ in range(200):
+            t0 = time.perf_counter()
+            out.on_record({"id": 0, "time": time.time(), "kind": "start", "state": None, "detail": {}})
+            out.on_status({**STATUS, "frames": 119})
+            worst = max(worst, time.perf_counter() - t0)
+        assert worst < 0.005, f"an on_* call took {worst * 1000:.1f} ms with the broker down"
+        broker.start()  # same port, and no retained message survived
+        sub = Subscriber(broker.port, client_id="test-sub-2")
+        wait_for(lambda: sub.on("mask-appliance/door-1/availability"), timeout=20, what="online again")
+        assert sub.on("mask-appliance/door-1/availability")[-1][0] == b"online"
+        state = json.loads(wait_for(lambda: sub.on("mask-appliance/door-1/state"), what="fresh state")[-1][0])
+        assert state["frames"] == 119 and state["allows"] + state["denials"] == 23
+        assert len({t for t, _, _ in sub.messages if t.startswith("homeassistant/")}) == 8
+        # Every event the log holds reached a subscriber: the three before, the backlog after, no gap. The
+        # outage itself is in the log as a fault and is sent too.
+        wanted = event_ids(log.path)
+        wait_for(lambda: {e["id"] for e in sub.events()} >= set(wanted[3:]), timeout=15, what="the backlog")
+        after = [e["id"] for e in sub.events()]
+        assert after == sorted(after), "the backlog goes oldest first"
+        assert set(before) | set(after) == set(wanted) and len(wanted) >= 24  # 23 decisions and the outage
+        assert len(after) == len(set(after))
+        faults = sqlite3.connect(log.path).execute("SELECT detail FROM events WHERE kind = 'fault'").fetchall()
+        assert any(json.loads(d)["what"] == "mqtt" and "lost" in json.loads(d)["reason"] for (d,) in faults)
+    finally:
+        out.close()
+        log.close()
+        sub.close()
+
+
+def test_a_broker_down_at_start_is_waited_for(tmp_path):
+    b = Broker(tmp_path / "broker")  # its port is chosen, nothing listens there yet
+    out, log = make(b.port, tmp_path)
+    record = feed(log, [out])
+    try:
+        for state in ("allow", "idle", "deny"):
+            record("decision", state, masked=0, unmasked=0, incorrect=0, door="released")
+        wait_for(lambda: sqlite3.connect(log.path).execute(
+            "SELECT COUNT(*) FROM events WHERE kind = 'fault'").fetchone()[0] == 1, what="the outage, once")
+        b.start()
+        sub = Subscriber(b.port)
+        wait_for(lambda: len(sub.events()) == 4, timeout=20, what="the backlog")  # 3 decisions and the outage
+        assert [e["id"] for e in sub.events()] == event_ids(log.path)
+        assert sub.on("mask-appliance/door-1/availability")[-1][0] == b"online"
+        sub.close()
+    finally:
+        out.close()
+        log.close()
+        b.kill()
+
+
+def test_a_long_outage_sends_only_the_newest_backlog(tmp_path, caplog):
+    b = Broker(tmp_path / "broker")
+    out, log = make(b.port, tmp_path, backlog=10)
+    record = feed(log, [out])
+    try:
+        for i in range(30):
+            record("decision", "deny" if i % 2 else "allow", masked=0, unmasked=0, incorrect=0, door="released")
+        assert log.flush()
+        b.start()
+        sub = Subscriber(b.port)
+        wait_for(lambda: len(sub.events()) >= 10, timeout=20, what="the backlog")
+        time.sleep(0.5)
+        assert [e["id"] for e in sub.events()] == event_ids(log.path)[-10:]  # the newest ten, oldest first
+        assert any("are not sent (more than backlog = 10)" in r.getMessage() for r in caplog.records)
+        sub.close()
+    finally:
+        out.close()
+        log.close()
+        b.kill()
+
+
+def test_the_example_acl_lets_a_door_write_only_its_own_topics(tmp_path):
+    users = {"door-1": "pw1", "door-2": "pw2", "homeassistant": "pwha"}
+    b = Broker(tmp_path / "broker", users=users, extra=[f"acl_file {EXAMPLES / 'acl'}"]).start()
+    (tmp_path / "pw1").write_text("pw1\n")
+    try:
+        ha = Subscriber(b.port, client_id="ha", user=("homeassistant", "pwha"))
+        log = EventLog(tmp_path / "events.db")
+        out = mqtt.from_config(mqtt.MqttConfig(host="127.0.0.1", port=b.port, username="door-1",
+                                               password_file=tmp_path / "pw1"), log, hostname="door-1")
+        log.subscribe(out)
+        log.status(STATUS)
+        log.record("decision", "deny", masked=0, unmasked=1, incorrect=0, door="locked")
+        wait_for(lambda: ha.events(), what="the door's event, read by Home Assistant")
+        wait_for(lambda: len({t for t, _, _ in ha.messages if t.startswith("homeassistant/")}) == 8, what="discovery")
+        # Home Assistant's birth message reaches the door, which sends discovery again.
+        before = len(ha.on("homeassistant/sensor/mask-appliance-door-1/door/config"))
+        ha.client.publish("homeassistant/status", "online", qos=1)
+        wait_for(lambda: len(ha.on("homeassistant/sensor/mask-appliance-door-1/door/config")) > before,
+                 what="discovery again")
+        # door-2 (or anyone) cannot speak for door-1: the broker drops what it may not write.
+        rogue = paho.Client(CallbackAPIVersion.VERSION2, client_id="rogue")
+        rogue.username_pw_set("door-2", "pw2")
+        rogue.connect("127.0.0.1", b.port)
+        rogue.loop_start()
+        for topic in ("mask-appliance/door-1/state", "homeassistant/lock/mask-appliance-door-1/door/config",
+                      "mask-appliance/door-1/availability"):
+            rogue.publish(topic, '{"door": "released"}', qos=1).wait_for_publish(5)
+        rogue.publish("mask-appliance/door-2/state", '{"door": "released"}', qos=1, retain=True).wait_for_publish(5)
+        wait_for(lambda: ha.on("mask-appliance/door-2/state"), what="door-2's own state")
+        assert not any(p == b'{"door": "released"}' for t, p, _ in ha.messages if "door-1" in t)
+        rogue.disconnect()
+        rogue.loop_stop()
+        log.close()
+        ha.close()
+        # The README's removal, with the door's own login: the ACL lets it clear its own retained messages.
+        for topic in ("homeassistant/+/mask-appliance-door-1/+/config", "mask-appliance/door-1/#"):
+            subprocess.run(["mosquitto_sub", "-h", "127.0.0.1", "-p", str(b.port), "-u", "door-1", "-P", "pw1",
+                            "-t", topic, "--retained-only", "--remove-retained", "-W", "2"], capture_output=True,
+                           timeout=10)
+        late = Subscriber(b.port, client_id="ha-late", user=("homeassistant", "pwha"))
+        wait_for(lambda: late.on("mask-appliance/door-2/state"), what="door-2's retained state, which stays")
+        assert [t for t, _, r in late.messages if r and "door-1" in t] == []
+        late.close()
+    finally:
+        b.kill()
+
+
+def test_the_example_bridge_carries_a_shop_to_the_centre(tmp_path):
+    central = Broker(tmp_path / "central").start()
+    # The example, pointed at our central broker, without the TLS and credentials a real uplink has.
+    bridge = [line.replace("CENTRAL_HOST:8883", f"127.0.0.1:{central.port}")
+              for line in (EXAMPLES / "bridge.conf").read_text().splitlines()
+              if not line.startswith(("remote_username", "remote_password", "bridge_cafile"))]
+    shop = Broker(tmp_path / "shop", extra=bridge).start()
+    try:
+        centre = Subscriber(central.port, client_id="central-ha")
+        out, log = make(shop.port, tmp_path)
+        log.subscribe(out)
+        log.status(STATUS)
+        log.record("decision", "deny", masked=0, unmasked=1, incorrect=0, door="locked")
+        wait_for(lambda: centre.events(), timeout=20, what="the event at the centre")
+        assert centre.events()[0]["id"] == event_ids(log.path)[0]
+        wait_for(lambda: len({t for t, _, _ in centre.messages if t.startswith("homeassistant/")}) == 8,
+                 what="discovery at the centre")
+        assert json.loads(centre.on("mask-appliance/door-1/state")[-1][0])["door"] == "locked"
+        before = len(centre.on("homeassistant/sensor/mask-appliance-door-1/door/config"))
+        centre.client.publish("homeassistant/status", "online", qos=1)  # HA at the centre restarts
+        wait_for(lambda: len(centre.on("homeassistant/sensor/mask-appliance-door-1/door/config")) > before,
+                 what="discovery again, through the bridge")
+        log.close()
+        centre.close()
+    finally:
+        shop.kill()
+        central.kill()
+
+
+def test_wrong_password_is_a_logged_fault_not_a_crash(tmp_path, caplog):
+    b = Broker(tmp_path / "broker", users={"door": "right-secret"}).start()
+    (tmp_path / "pw-wrong").write_text("wrong-secret\n")
+    (tmp_path / "pw-right").write_text("right-secret\n")
+    try:
+        with caplog.at_level(logging.WARNING, logger="appliance.mqtt"):
+            out, log = make(b.port, tmp_path, username="door", password_file=tmp_path / "pw-wrong")
+            record = feed(log, [out])
+            rows = wait_for(lambda: sqlite3.connect(log.path).execute(
+                "SELECT detail FROM events WHERE kind = 'fault'").fetchall(), what="the fault")
+            reason = json.loads(rows[0][0])["reason"]
+            assert "refused" in reason and "authori" in reason.lower()
+            record("decision", "deny", masked=0, unmasked=1, incorrect=0, door="locked")  # still fine
+            time.sleep(2.5)  # paho retries with back-off; the fault is recorded once, not once per try
+            assert len(sqlite3.connect(log.path).execute("SELECT id FROM events WHERE kind = 'fault'").fetchall()) == 1
+            out.close()
+            log.close()
+        assert any("refused" in r.getMessage() for r in caplog.records)
+        # The right password connects (anonymous clients are refused by this broker, so the output itself tells).
+        out, log = make(b.port, tmp_path / "right", username="door", password_file=tmp_path / "pw-right")
+        wait_for(out._connected.is_set, what="login with the right password")
+        out.close()
+        log.close()
+    finally:
+        b.kill()
+
+
+def test_last_will_says_offline_when_the_appliance_dies(broker, tmp_path):
+    sub = Subscriber(broker.port)
+    code = ("import sys, time; from appliance import mqtt; from appliance.events import EventLog; "
+            f"o = mqtt.from_config(mqtt.MqttConfig(host='127.0.0.1', port={broker.port}), "
+            f"EventLog({str(tmp_path / 'e.db')!r}), hostname='door-9'); time.sleep(60)")
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env={**os.environ})
+    try:
+        wait_for(lambda: sub.on("mask-appliance/door-9/availability"), timeout=20, what="online")
+        assert sub.on("mask-appliance/door-9/availability")[-1] == (b"online", False)
+        proc.kill()  # no clean stop: only the broker's last will can say it
+        wait_for(lambda: sub.on("mask-appliance/door-9/availability")[-1][0] == b"offline", timeout=10,
+                 what="the last will")
+    finally:
+        proc.kill()
+        proc.wait()
+        sub.close()
+
+
+# -- the service end to end (needs the lead's wiring: [mqtt] in Config, the output subscribed to the event log) --
+WIRED = "mqtt" in {f.name for f in dataclasses.fields(config.Config)}
+
+
+class PacedScenes:
+    """Scene photos as visits at `fps` in real time (as a camera would), then quiet until stopped."""
+
+    def __init__(self, files: list[Path], still_frames: int, fps: float):
+        self.inner = ImageSource(files, still_frames=still_frames)
+        self.clock, self.skipped, self.period = self.inner.clock, 0, 1.0 / fps
+        self.done = threading.Event()
+        self._stopped = threading.Event()
+
+    def frames(self):
+        for frame in self.inner.frames():
+            if self._stopped.wait(self.period):
+                return
+            yield frame
+        self.done.set()
+        self._stopped.wait()
+
+    def stop(self):
+        self._stopped.set()
+        self.inner.stop()
+
+    def close(self):
+        pass
+
+
+@pytest.mark.skipif(not WIRED, reason="[mqtt] is not wired into Config and the service yet")
+def test_the_service_publishes_while_the_broker_comes_and_goes(model_dir, tmp_path, broker):
+    from conftest import scene_images
+
+    from appliance.service import Service
+
+    table = {"classifier": {"model": str(model_dir / "mask_classifier.tflite")},
+             "events": {"database": str(tmp_path / "events.db")},
+             "service": {"status_interval": 0.5, "camera_timeout": 600},
+             "mqtt": {"host": "127.0.0.1", "port": broker.port, "client_id": "door-e2e"}}
+    service = Service(config.parse(table))
+    masked, unmasked = scene_images("with_mask", limit=1), scene_images("without_mask", limit=1)
+    source = PacedScenes((masked + unmasked) * 3, still_frames=12, fps=10)
+    sub = Subscriber(broker.port)
+    thread = threading.Thread(target=service.run, args=(source,), daemon=True)
+    thread.start()
+    prefix = f"mask-appliance/{socket.gethostname()}"
+    try:
+        wait_for(lambda: sub.on(f"{prefix}/availability"), timeout=20, what="online")
+        wait_for(lambda: len({t for t, _, _ in sub.messages if t.startswith("homeassistant/")}) == 8,
+                 what="discovery")
+        wait_for(lambda: any(e["state"] == "deny" for e in sub.events()), timeout=30, what="a deny event")
+        broker.kill()
+        sub.close()
+        before = {e["id"] for e in sub.events()}
+        seen = service.frames
+        wait_for(lambda: service.frames > seen + 10, what="frames going on with the broker down")
+        broker.start()
+        sub = Subscriber(broker.port, client_id="test-sub-2")
+        wait_for(lambda: sub.on(f"{prefix}/availability"), timeout=20, what="online again")
+        state = json.loads(wait_for(lambda: sub.on(f"{prefix}/state"), what="fresh state")[-1][0])
+        assert state["frames"] > seen and state["model_sha256"] == service.pipeline.classifier.sha256
+        wait_for(source.done.is_set, timeout=60, what="the scenes to end")
+        service.events.flush()
+        wanted = set(event_ids(tmp_path / "events.db"))
+        wait_for(lambda: before | {e["id"] for e in sub.events()} >= wanted, timeout=15,
+                 what="every event of the run, none missing")
+    finally:
+        service.stop()
+        thread.join(30)
+    wait_for(lambda: sub.on(f"{prefix}/availability")[-1][0] == b"offline", what="offline at stop")
+    sub.close()
