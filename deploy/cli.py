@@ -1,11 +1,16 @@
-"""`mask-deploy`: push a model to one or many Pis over SSH, verified and swapped atomically, with rollback.
+"""`mask-deploy`: push a model to one or many Pis over SSH, verified and swapped atomically, with rollback; pull the
+face crops they collected.
+
+A model is pushed only when its card holds a gate that passed (`mask-train gate`); `--force` pushes one without,
+says so, and marks the card the Pi gets ("push": {"forced": true, ...}).
 
 For each host: upload the model and its card under temporary names, check the model's sha256 on the Pi against the
 card, lock the models folder, rename the new pair into place (keeping the pair it replaces), wait until the running
 service reports the new sha256, then keep the replaced pair as the rollback target; if the service does not take
 the new model up, put the replaced pair back and say so. A failed push or a re-push of the live model leaves the
-rollback target as it was; two pushes to one Pi take turns. Hosts run in parallel; one failed host does not stop
-the others; the exit code is 0 only if every host succeeded.
+rollback target as it was; two pushes to one Pi take turns. `pull` copies each Pi's collected crops into
+DIR/<host>/, checks each copy's sha256 against the one computed on the Pi, and only then deletes it there. Hosts run
+in parallel; one failed host does not stop the others; the exit code is 0 only if every host succeeded.
 
 SSH is the user's own OpenSSH client with their ~/.ssh/config, key authentication only (BatchMode), strict
 host-key checking and no forwarding of the agent, X11 or ports, which the command line forces on whatever a config
@@ -16,11 +21,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import getpass
 import hashlib
 import json
+import os
 import queue
 import re
 import secrets
+import socket
 import subprocess
 import sys
 import threading
@@ -104,6 +112,10 @@ class Host:
 
     def run(self, script: str, *, stdin: bytes | None = None, what: str, timeout: float | None = None,
             marked: bool = False) -> str:
+        out = self.run_bytes(script, stdin=stdin, what=what, timeout=timeout).decode(errors="replace")
+        return _after_mark(out, what) if marked else out
+
+    def run_bytes(self, script: str, *, stdin: bytes | None = None, what: str, timeout: float | None = None) -> bytes:
         timeout = self.timeouts.step if timeout is None else timeout
         try:
             proc = subprocess.run([*self.base, script], input=stdin, capture_output=True, timeout=timeout)
@@ -112,8 +124,17 @@ class Host:
         if proc.returncode != 0:
             stderr = proc.stderr.decode(errors="replace")
             raise DeployError(f"{what}: {_reason(stderr, proc.returncode)}")
-        out = proc.stdout.decode(errors="replace")
-        return _after_mark(out, what) if marked else out
+        return proc.stdout
+
+    def run_marked_bytes(self, script: str, *, stdin: bytes | None = None, what: str,
+                         timeout: float | None = None) -> bytes:
+        """The output's bytes after remote.MARK's line (binary: crops)."""
+        out = self.run_bytes(script, stdin=stdin, what=what, timeout=timeout)
+        head, sep, tail = out.partition(remote.MARK.encode() + b"\n")
+        if not sep:
+            raise DeployError(f"{what}: unexpected answer from the Pi: "
+                              f"{clean(out.decode(errors='replace').strip()[:120]) or 'nothing'}")
+        return tail
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[Callable[[], None]]:
@@ -278,6 +299,25 @@ def push_one(host: Host, model_bytes: bytes, card_bytes: bytes, sha256: str) -> 
             _cleanup(host, tmp_model, tmp_card)
 
 
+def gate_problem(card: object) -> str | None:
+    """Why a card (parsed JSON) may not be pushed without --force, or None: it needs a gate that passed."""
+    gate = card.get("gate") if isinstance(card, dict) else None
+    if not isinstance(gate, dict):
+        return "its card has no gate"
+    if gate.get("passed") is not True:
+        return f"its gate did not pass ({clean(gate.get('reason', 'no reason given'))})"
+    return None
+
+
+def forced_card(card_bytes: bytes, why: str) -> bytes:
+    """The card as the Pi gets it after --force: a "push" entry saying so (the card records the model's sha256,
+    not its own, so it stays valid); the service logs it with the model swap."""
+    card = json.loads(card_bytes)
+    card["push"] = {"forced": True, "reason": why, "time": round(time.time(), 3),
+                    "by": f"{getpass.getuser()}@{socket.gethostname()}"}
+    return (json.dumps(card, indent=2) + "\n").encode()
+
+
 def _cleanup(host: Host, *names: str) -> None:
     # Where the host is unreachable, the temporary files stay; the service never looks at them.
     with contextlib.suppress(DeployError):
@@ -332,6 +372,150 @@ def status_one(host: Host) -> Result:
     return Result(host.name, alive, f"{head}, last: {last or 'none'}", sha if isinstance(sha, str) else "")
 
 
+# -- pull: the crops a Pi collected (appliance/collect.py), copied, verified, then deleted there ---------------------
+CROP_NAME = re.compile(r"[0-9]{8}T[0-9]{6}-[0-9]{3}-[0-9a-f]{6}\.jpg")  # appliance.collect.NAME
+PULL_BATCH = 100  # crops per transfer: an interrupted pull redoes at most one batch
+INDEX = "index.jsonl"
+
+
+def _manifest(host: Host) -> list[dict]:
+    """The Pi's crops with their sha256 (computed there) and index lines; anything malformed is dropped."""
+    text = host.run_marked_bytes(remote.collect("list"), what="list crops").decode(errors="replace")
+    crops = []
+    for line in text.splitlines():
+        try:
+            d = json.loads(line)
+        except ValueError:
+            continue
+        if (isinstance(d, dict) and isinstance(d.get("file"), str) and CROP_NAME.fullmatch(d["file"])
+                and isinstance(d.get("sha256"), str) and re.fullmatch(r"[0-9a-f]{64}", d["sha256"])
+                and isinstance(d.get("info"), dict)):
+            crops.append(d)
+    return crops
+
+
+def _frames(data: bytes) -> Iterator[tuple[str, bytes | None]]:
+    """(name, bytes or None where the crop was gone) from remote.collect("send")'s stream."""
+    pos = 0
+    while pos < len(data):
+        end = data.index(b"\n", pos)
+        head = json.loads(data[pos:end])
+        size = int(head["size"])
+        pos = end + 1
+        if size < 0:
+            yield head["file"], None
+            continue
+        if pos + size > len(data):
+            raise DeployError(f"fetch crops: the stream ends inside {clean(head['file'])}")
+        yield head["file"], data[pos:pos + size]
+        pos += size
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class _Local:
+    """DIR/<host>/: verified crops and index.jsonl (one line per crop: the Pi's line, its sha256 and host)."""
+
+    def __init__(self, folder: Path, host: str):
+        self.folder, self.host = folder, host
+        folder.mkdir(parents=True, exist_ok=True)
+        self.index = folder / INDEX
+        self.listed: set[str] = set()
+        if self.index.exists():
+            for line in self.index.read_text().splitlines():
+                with contextlib.suppress(ValueError, AttributeError):
+                    self.listed.add(json.loads(line).get("file"))
+
+    def has(self, crop: dict) -> bool:
+        path = self.folder / crop["file"]
+        return path.is_file() and hashlib.sha256(path.read_bytes()).hexdigest() == crop["sha256"]
+
+    def store(self, crop: dict, data: bytes) -> None:
+        """The verified crop in place (whole or absent), then its index line; both on disk before returning."""
+        path = self.folder / crop["file"]
+        tmp = self.folder / f".{crop['file']}.part"
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
+        self.list(crop)
+
+    def list(self, crop: dict) -> None:
+        if crop["file"] in self.listed:
+            return
+        line = {**crop["info"], "file": crop["file"], "sha256": crop["sha256"], "host": self.host}
+        with open(self.index, "a") as f:
+            f.write(json.dumps(line) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self.listed.add(crop["file"])
+
+
+def pull_one(host: Host, dest: Path, keep: bool, batch: int | None = None) -> Result:
+    """Copy the Pi's new crops into dest/<host>/, each checked against the sha256 the Pi computed, and delete on the
+    Pi only those whose copy is verified and on disk here. Run again after an interruption: crops already here are
+    not fetched again (only deleted there), and nothing is deleted that is not here."""
+    if "/" in host.name or host.name in (".", ".."):
+        return Result(host.name, False, "refused: a host name for pull cannot contain '/' (it names a folder)")
+    try:
+        crops = _manifest(host)
+        local = _Local(dest / host.name, host.name)
+        here = [c for c in crops if local.has(c)]
+        for c in here:  # copied by an interrupted pull, perhaps before its line was written
+            local.list(c)
+        todo = [c for c in crops if c not in here]
+        fetched, corrupt, deleted, changed = 0, [], 0, 0
+        verified = [(c["file"], c["sha256"]) for c in here]
+        batch = max(1, batch or PULL_BATCH)
+        for part in [todo[i:i + batch] for i in range(0, len(todo), batch)] or [[]]:
+            if part:
+                wanted = {c["file"]: c for c in part}
+                stream = host.run_marked_bytes(remote.collect("send"), stdin="\n".join(wanted).encode(),
+                                               what="fetch crops", timeout=host.timeouts.upload)
+                try:
+                    frames = list(_frames(stream))
+                except (ValueError, KeyError, TypeError) as exc:
+                    raise DeployError(f"fetch crops: unreadable answer from the Pi ({clean(exc)})") from None
+                for name, data in frames:
+                    crop = wanted.pop(name, None)
+                    if crop is None or data is None:
+                        continue  # not asked for, or pruned on the Pi meanwhile
+                    if hashlib.sha256(data).hexdigest() != crop["sha256"]:
+                        corrupt.append(name)  # left on the Pi: the next pull tries again
+                        continue
+                    local.store(crop, data)
+                    verified.append((name, crop["sha256"]))
+                    fetched += 1
+                _fsync_dir(local.folder)
+            if verified and not keep:
+                answer = json.loads(host.run_marked_bytes(
+                    remote.collect("delete"), stdin="".join(f"{n} {h}\n" for n, h in verified).encode(),
+                    what="delete pulled crops"))
+                deleted += int(answer.get("deleted", 0))
+                changed += len(answer.get("changed", []))
+            verified = []
+    except DeployError as exc:
+        return Result(host.name, False, str(exc))
+    except (OSError, ValueError) as exc:
+        return Result(host.name, False, f"pull: {clean(exc)}")
+    detail = f"{fetched} new crops in {local.folder}"
+    if here:
+        detail += f", {len(here)} were here already"
+    detail += ", kept on the Pi" if keep else f", {deleted} deleted on the Pi"
+    if corrupt:
+        detail += f"; {len(corrupt)} arrived corrupted and stay on the Pi (pull again)"
+    if changed:
+        detail += f"; {changed} changed on the Pi after listing and were kept there"
+    return Result(host.name, not corrupt, detail)
+
+
 def _table(results: list[Result]) -> str:
     width = max(len(clean(r.host)) for r in results)
     lines = [f"{'host':<{width}}  {'result':<6}  {'model':<12}  detail"]
@@ -367,6 +551,14 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("push", help="push a model and its card")
     p.add_argument("hosts", nargs="+")
     p.add_argument("--model", type=Path, default=MODELS_DIR / "mask_classifier.tflite")
+    p.add_argument("--force", action="store_true",
+                   help="push a model whose card has no passing gate (mask-train gate); said in the output and "
+                        "recorded in the card the Pi gets")
+    p = sub.add_parser("pull", help="fetch the face crops a Pi collected into DIR/<host>/, verified, then delete "
+                                    "them there")
+    p.add_argument("hosts", nargs="+")
+    p.add_argument("--to", type=Path, required=True, metavar="DIR", help="where the crops go (DIR/<host>/)")
+    p.add_argument("--keep", action="store_true", help="leave the crops on the Pi")
     sub.add_parser("rollback", help="put the previous model back").add_argument("hosts", nargs="+")
     sub.add_parser("status", help="liveness, model in use, uptime, last decisions").add_argument("hosts", nargs="+")
     args = parser.parse_args(argv)
@@ -389,7 +581,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"mask-deploy: {args.model}: sha256 {sha256[:12]} does not match its card ({card.sha256[:12]}); "
                   "nothing pushed", file=sys.stderr)
             return 2
+        why = gate_problem(json.loads(card_bytes))
+        if why and not args.force:
+            print(f"mask-deploy: {card_path_for(args.model)}: {why}; nothing pushed (score it against the live "
+                  "model with `mask-train gate NEW --baseline OLD`, or push it anyway with --force)", file=sys.stderr)
+            return 2
+        if why:
+            print(f"FORCED: {args.model} is pushed although {why}; the card on each Pi records the forced push")
+            card_bytes = forced_card(card_bytes, why)
         job = lambda h: push_one(h, data, card_bytes, sha256)  # noqa: E731
+    elif args.command == "pull":
+        job = lambda h: pull_one(h, args.to, args.keep)  # noqa: E731
     elif args.command == "rollback":
         job = rollback_one
     else:

@@ -1,7 +1,8 @@
 """The few shell steps mask-deploy runs on a Pi over SSH, as POSIX sh with fixed arguments.
 
 The state folder on the Pi is $MASK_APPLIANCE_STATE, else /var/lib/mask-appliance (the service's StateDirectory):
-models in models/, status in status.json, events in events.db.
+models in models/, status in status.json, events in events.db, collected face crops in collect/ (appliance/collect.py:
+one JPEG per crop and a line each in index.jsonl).
 
 The models folder holds the live pair (mask_classifier.tflite and .json), the rollback target
 (mask_classifier.previous.*) and, only while a push waits for the service, the pair it replaced (.pending.*). Every
@@ -146,3 +147,77 @@ print(json.dumps(out))
 STATUS = STATE + (
     f'python3 -c {shlex.quote(_STATUS_PY)} "$S" "${{MASK_APPLIANCE_UNIT-mask-appliance.service}}" {MARK}'
 )
+
+
+# `mask-deploy pull`: the Pi's own python3 lists, sends and deletes collected crops. Only names a crop can have
+# (appliance.collect.NAME) are ever opened or deleted, whatever is asked; a crop is deleted only when its sha256 on
+# the Pi is still the one the laptop verified its copy against.
+_COLLECT_PY = r"""
+import hashlib, json, os, re, sys
+folder, mark, command = sys.argv[1], sys.argv[2], sys.argv[3]
+NAME = re.compile(r"[0-9]{8}T[0-9]{6}-[0-9]{3}-[0-9a-f]{6}\.jpg")
+out = sys.stdout.buffer
+def digest(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 16), b""):
+            h.update(block)
+    return h.hexdigest()
+out.write(mark.encode() + b"\n")
+if command == "list":
+    lines = {}
+    try:
+        with open(os.path.join(folder, "index.jsonl"), encoding="utf-8", errors="replace") as f:
+            for line in f:
+                try:
+                    d = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(d, dict) and isinstance(d.get("file"), str):
+                    lines[d["file"]] = d
+    except FileNotFoundError:
+        pass
+    for name in sorted(lines):
+        path = os.path.join(folder, name)
+        if NAME.fullmatch(name) and os.path.isfile(path):
+            try:
+                sha = digest(path)
+            except OSError as exc:  # unreadable for this user: said, and the others still listed
+                sys.stderr.write("%s: %s\n" % (name, exc))
+                continue
+            out.write(json.dumps({"file": name, "sha256": sha, "size": os.path.getsize(path),
+                                  "info": lines[name]}).encode() + b"\n")
+elif command == "send":
+    for name in sys.stdin.read().split():
+        path = os.path.join(folder, name)
+        try:
+            if not NAME.fullmatch(name):
+                raise FileNotFoundError(name)
+            with open(path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            out.write(json.dumps({"file": name, "size": -1}).encode() + b"\n")
+            continue
+        out.write(json.dumps({"file": name, "size": len(data)}).encode() + b"\n")
+        out.write(data)
+elif command == "delete":
+    deleted, changed = 0, []
+    for line in sys.stdin.read().splitlines():
+        name, _, want = line.partition(" ")
+        path = os.path.join(folder, name)
+        if not NAME.fullmatch(name) or not os.path.isfile(path):
+            continue
+        if digest(path) != want:
+            changed.append(name)
+            continue
+        os.unlink(path)
+        deleted += 1
+    out.write(json.dumps({"deleted": deleted, "changed": changed}).encode() + b"\n")
+out.flush()
+"""
+
+
+def collect(command: str) -> str:
+    """`list` (a JSON line per crop: file, sha256, size, its index line), `send` (names on stdin -> for each a JSON
+    header line with its size, -1 when gone, then its bytes) or `delete` ("name sha256" lines on stdin)."""
+    return STATE + f'python3 -c {shlex.quote(_COLLECT_PY)} "$S/collect" {MARK} {shlex.quote(command)}'

@@ -1,0 +1,168 @@
+"""`mask-train gate NEW --baseline OLD`: may NEW replace OLD at the door? The verdict goes into NEW's card.
+
+Both int8 models are scored the way the appliance runs them (appliance.classifier, each at its own card's
+threshold) on faces cut from labelled boxes (as `mask-train evaluate` does), on fixed validation parts only:
+
+- the by-photo validation part (training.splits) of each shared scene set (`--scenes`, e.g. scenes-ilc), and
+- the held-back part of each door's labels (`--door-labels`, the labels.csv `mask-train label` writes), split by
+  photo the same way, so never used in training (training takes only the other part of a scene source).
+
+NEW passes only when it is nowhere worse than OLD by more than the tolerance (TNR, FNR and, where there are such
+faces, incorrect masks stopped; 0.01 by default) and strictly better on every door's held-back part (lower door
+error: (1 - TNR) + FNR, + (1 - incorrect stopped) where there are incorrect masks). The card keeps the model's
+sha256 (the model is not touched), so it stays valid; `mask-deploy push` refuses a card without a passing gate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from appliance.card import card_path_for
+from appliance.classifier import MaskClassifier, load_model
+from training import report
+from training.evaluate import label_crops, read_scene_labels, scene_part
+
+TOLERANCE = 0.01  # one face in a hundred: below what a validation part of a few hundred faces can resolve
+METRICS = (("tnr", +1), ("fnr", -1), ("incorrect_stopped", +1))  # (name, +1 higher is better / -1 lower is)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("new", type=Path, help="the candidate .tflite model (its .json card beside it gets the gate)")
+    parser.add_argument("--baseline", type=Path, required=True, help="the model now at the door (.tflite + card)")
+    parser.add_argument("--scenes", type=Path, nargs="*", default=[],
+                        help="shared scene sets' labels.csv; their by-photo validation parts are scored")
+    parser.add_argument("--door-labels", type=Path, nargs="+", required=True,
+                        help="each door's labels.csv (from `mask-train label`); their held-back parts are scored, "
+                             "and NEW must be better on each")
+    parser.add_argument("--tolerance", type=float, default=TOLERANCE,
+                        help=f"how much worse NEW may be on any rate of any part (default {TOLERANCE})")
+
+
+def score(model: MaskClassifier, labels_csv: Path) -> dict[str, Any]:
+    """The model's door rates, at its own threshold, on the validation part of a labelled set."""
+    labels = scene_part(read_scene_labels(labels_csv), labels_csv, "validation")
+    ys, probs = label_crops(labels, model.classify_all)
+    if len(ys) == 0:
+        raise ValueError(f"{labels_csv}: its held-back part has no readable labelled faces")
+    p = model.not_masked(probs.reshape(len(ys), model.n_classes))
+    r = report.rates(p, ys, model.threshold)
+    out = {k: r[k] for k in ("n", "n_with_mask", "n_without_mask", "n_incorrect_mask", "threshold", "tnr", "fnr",
+                             "incorrect_stopped", "accuracy")}
+    out["error"] = door_error(out)
+    return out
+
+
+def door_error(rates: dict[str, Any]) -> float:
+    """Unmasked faces let through + masked faces stopped (+ incorrect masks let through), each as a share."""
+    parts = [1.0 - rates["tnr"], rates["fnr"], 1.0 - rates["incorrect_stopped"]]
+    return float(sum(v for v in parts if not math.isnan(v)))
+
+
+def verdict(parts: dict[str, dict[str, Any]], tolerance: float) -> tuple[bool, list[str]]:
+    """(passed, reasons): every worse-than-tolerance rate and every door part not improved is a reason."""
+    reasons = []
+    for name, part in parts.items():
+        new, old = part["new"], part["old"]
+        for metric, sign in METRICS:
+            if math.isnan(new[metric]) or math.isnan(old[metric]):
+                continue
+            if sign * (old[metric] - new[metric]) > tolerance + 1e-12:
+                reasons.append(f"{metric.upper() if metric != 'incorrect_stopped' else metric} on {name} "
+                               f"{new[metric]:.3f} is worse than {old[metric]:.3f} by more than {tolerance}")
+        if part["role"] == "door" and not new["error"] < old["error"] - 1e-12:
+            reasons.append(f"not better on {name}: door error {new['error']:.3f} against {old['error']:.3f}")
+    return not reasons, reasons
+
+
+def gate(new_path: Path, baseline: Path, scenes: list[Path], doors: list[Path],
+         tolerance: float = TOLERANCE) -> dict[str, Any]:
+    """Score both models on every part, write the verdict into NEW's card (atomically) and return it."""
+    if not doors:
+        raise ValueError("the gate needs at least one door's labels (--door-labels)")
+    new, old = load_model(new_path, 2), load_model(baseline, 2)
+    parts: dict[str, dict[str, Any]] = {}
+    for role, csvs in (("shared", scenes), ("door", doors)):
+        for labels_csv in csvs:
+            name = f"{Path(labels_csv).parent.name}/{Path(labels_csv).name}"
+            parts[name] = {"role": role, "labels": str(labels_csv), "new": score(new, labels_csv),
+                           "old": score(old, labels_csv)}
+    passed, reasons = verdict(parts, tolerance)
+    result = {
+        "passed": passed,
+        "reason": "; ".join(reasons) if reasons else
+        "better on every door's held-back part and within the tolerance on every part",
+        "tolerance": tolerance,
+        "baseline": {"model": str(baseline), "sha256": old.sha256},
+        "model_sha256": new.sha256,
+        "time": round(time.time(), 3),
+        "parts": parts,
+    }
+    write_gate(card_path_for(new_path), result, new.sha256)
+    return result
+
+
+def write_gate(card_path: Path, result: dict[str, Any], model_sha256: str) -> None:
+    """The card with `gate` replaced, written whole or not at all; its sha256 (the model's) is checked, not changed."""
+    card = json.loads(Path(card_path).read_text())
+    if card.get("sha256") != model_sha256:
+        raise ValueError(f"{card_path}: its sha256 is not the scored model's; gate not written")
+    card["gate"] = _finite(result)
+    tmp = Path(card_path).with_name(f".{Path(card_path).name}.gate.tmp")
+    tmp.write_text(json.dumps(card, indent=2, default=_plain, allow_nan=False) + "\n")
+    os.replace(tmp, card_path)
+
+
+def _finite(value: Any) -> Any:
+    """NaN (a rate of a class the part has no faces of) as null: the card stays strict JSON."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else str(value)
+
+
+def _f(v: float) -> str:
+    return "   -  " if math.isnan(v) else f"{v:6.3f}"
+
+
+def format_result(result: dict[str, Any]) -> str:
+    lines = [f"{'part':<34} {'faces':>5}  {'TNR old':>7} {'new':>6}  {'FNR old':>7} {'new':>6}  "
+             f"{'incorr old':>10} {'new':>6}  {'error old':>9} {'new':>6}"]
+    for name, part in result["parts"].items():
+        o, n = part["old"], part["new"]
+        label = f"{name} ({part['role']})"
+        lines.append(f"{label:<34} {n['n']:>5}  {_f(o['tnr']):>7} {_f(n['tnr'])}  {_f(o['fnr']):>7} {_f(n['fnr'])}  "
+                     f"{_f(o['incorrect_stopped']):>10} {_f(n['incorrect_stopped'])}  {_f(o['error']):>9} "
+                     f"{_f(n['error'])}")
+    lines.append(f"gate {'PASSED' if result['passed'] else 'REFUSED'} (tolerance {result['tolerance']}): "
+                 f"{result['reason']}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    """0: passed; 1: refused (the card says why either way)."""
+    if not 0 <= args.tolerance < 1:
+        raise ValueError(f"--tolerance {args.tolerance} is not between 0 and 1")
+    result = gate(args.new, args.baseline, list(args.scenes), list(args.door_labels), args.tolerance)
+    print(format_result(result))
+    print(f"verdict written to {card_path_for(args.new)}")
+    return 0 if result["passed"] else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mask-train gate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
