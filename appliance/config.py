@@ -6,6 +6,7 @@ bounds, two devices on one pin or a missing model refuses to start with one line
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 import types
@@ -43,11 +44,15 @@ def _state_dir() -> Path:
 class SourceConfig:
     spec: str = opt("picamera2", "picamera2, a camera index or /dev/videoN, rtsp:// or http:// URL, video file, "
                     "image folder or glob")
-    main_size: tuple[int, int] = opt((1280, 960), "picamera2 main stream (faces are cropped from it)")
-    lores_size: tuple[int, int] = opt((480, 360), "picamera2 low-resolution stream (faces are detected on it)")
+    main_size: tuple[int, int] = opt((1280, 960), "picamera2 main stream (faces are cropped from it)", 16, 8192)
+    lores_size: tuple[int, int] = opt((480, 360), "picamera2 low-resolution stream (faces are detected on it)", 16,
+                                      8192)
     still_frames: int = opt(5, "frames each still image is shown for, as if a person stood before the camera that "
                             "long (image folders only)", 1, 1000)
-    fps: float = opt(15.0, "frames per second asked of cameras; 0 reads files as fast as possible", 0, 120)
+    fps: float = opt(15.0, "frames per second asked of cameras and streams, and the simulated rate of still images "
+                     "(0: the camera's own rate, images at 15); video files play on their own timestamps", 0, 120)
+    realtime: bool = opt(True, "video files are paced to real time (true), or read as fast as they decode (false); "
+                         "either way the policy's clock is the video's own timestamps, so decisions are the same")
     reconnect_min: float = opt(0.5, "first wait before reconnecting a lost camera or stream, seconds", 0.01, 60)
     reconnect_max: float = opt(30.0, "longest wait between reconnection attempts, seconds", 0.1, 600)
 
@@ -79,8 +84,20 @@ class PolicyConfig:
     mode: Literal["lock-on-unmasked", "unlock-on-masked"] = opt(
         "lock-on-unmasked", "lock-on-unmasked: relay locks or alarms while an unmasked face is present; "
         "unlock-on-masked: the door is released only while every face present is masked")
-    window: int = opt(5, "frames a face's vote looks back over", 1, 100)
-    votes: int = opt(3, "votes within the window that settle a face as masked or unmasked", 1, 100)
+    incorrect_mask: Literal["deny", "allow"] = opt(
+        "deny", "a face the model labels incorrect_mask (a mask under the nose or chin; 3-class models only): deny, "
+        "or allow as masked")
+    min_size: float = opt(32.0, "faces smaller than this (shorter side, in the pixels faces are cropped from) cast "
+                          "no vote: the model cannot tell masks apart on them", 0, 4096)
+    full_size: float = opt(64.0, "a face's vote weighs its size / full_size, up to 1 from this size on", 1, 4096)
+    unsure: float = opt(0.7, "how sure the model must be for a frame to vote at all: 0 at the threshold, 1 at p = 0 "
+                        "or 1 (0.7: p above 0.85 or below 0.15 with a threshold of 0.5)", 0, 0.99)
+    sure: float = opt(0.95, "how sure the model must be for a frame's vote to weigh fully (same scale)", 0.01, 1)
+    deny_evidence: float = opt(2.5, "weighted votes that settle a face as unmasked (a clear, large face gives 1 a "
+                               "frame)", 0.1, 100)
+    allow_evidence: float = opt(3.0, "weighted votes that settle a face as masked", 0.1, 100)
+    allow_size: float = opt(80.0, "a face settles as masked only once it has been seen at least this large", 0,
+                            4096)
     track_iou: float = opt(0.3, "IoU with which a face in a new frame continues a track", 0.05, 0.95)
     track_timeout: float = opt(1.0, "seconds a face may go unseen before its track ends", 0.05, 60)
     deny_hold: float = opt(3.0, "seconds the door stays denied after the last unmasked face has gone", 0, 600)
@@ -159,6 +176,8 @@ def _check(origin: str, key: str, value: Any, hint: Any, meta: dict) -> Any:
         if isinstance(value, bool) or not isinstance(value, int | float) or (hint is int and
                                                                             not isinstance(value, int)):
             raise bad
+        if not math.isfinite(value):  # nan compares false with every bound, so it would pass them all
+            raise ConfigError(f"{origin}: {key} = {value!r} is not a finite number")
         lo, hi = meta.get("lo"), meta.get("hi")
         if (lo is not None and value < lo) or (hi is not None and value > hi):
             raise ConfigError(f"{origin}: {key} = {value!r} is outside {lo}..{hi}")
@@ -220,14 +239,20 @@ def load(path: Path | None) -> Config:
         raise ConfigError(f"{path}: config file not found") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.object[exc.start:exc.start + 1]!r})"
+                          ) from None
+    except OSError as exc:  # a folder, no permission, an I/O error: the file is named all the same
+        raise ConfigError(f"{path}: cannot read config file ({exc.strerror or exc})") from None
     return parse(table, str(path))
 
 
 def validate(cfg: Config, origin: str) -> None:
     g = cfg.gpio
     pins: dict[int, str] = {}
-    named = [("relay_pin", g.relay_pin), ("buzzer_pin", g.buzzer_pin), ("green_pin", g.green_pin),
-             ("red_pin", g.red_pin)]
+    named = [("relay_pin", g.relay_pin), ("buzzer_pin", g.buzzer_pin)]
+    if g.rgb_pins is None:  # an RGB LED replaces the two LEDs: their pins (default or not) are then not claimed
+        named += [("green_pin", g.green_pin), ("red_pin", g.red_pin)]
     named += [(f"rgb_pins[{i}]", p) for i, p in enumerate(g.rgb_pins or ())]
     for key, pin in named:
         if pin is None:
@@ -242,8 +267,11 @@ def validate(cfg: Config, origin: str) -> None:
             f"relay_energized = {g.relay_energized!r} needs the relay energized for that, which no crashed or "
             f"stopped service (or a power cut) can hold: wire the lock so the de-energized relay leaves it {fail_door}")
     p = cfg.policy
-    if p.votes > p.window:
-        raise ConfigError(f"{origin}: [policy] votes = {p.votes} is more than [policy] window = {p.window}")
+    if p.unsure >= p.sure:
+        raise ConfigError(f"{origin}: [policy] unsure = {p.unsure} is not less than [policy] sure = {p.sure}")
+    if p.min_size > p.full_size:
+        raise ConfigError(f"{origin}: [policy] min_size = {p.min_size} is more than [policy] full_size = "
+                          f"{p.full_size}")
     if cfg.source.reconnect_min > cfg.source.reconnect_max:
         raise ConfigError(f"{origin}: [source] reconnect_min = {cfg.source.reconnect_min} is more than "
                           f"reconnect_max = {cfg.source.reconnect_max}")

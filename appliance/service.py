@@ -11,33 +11,19 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from appliance import config as config_mod
 from appliance.actuators import DoorController
-from appliance.card import POSITIVE, card_path_for
-from appliance.classifier import MaskClassifier, ModelError
+from appliance.card import card_path_for
+from appliance.classifier import load_model
 from appliance.config import Config
 from appliance.detector import make_detector
 from appliance.events import EventLog
 from appliance.notify import Notifier
 from appliance.pipeline import Pipeline
-from appliance.policy import Policy, Verdict
+from appliance.policy import Policy
 from appliance.sources import FrameSource, open_source
 
 log = logging.getLogger(__name__)
-
-
-def load_model(path: Path, threads: int) -> MaskClassifier:
-    """A model that loads, matches its card (sha256, shapes) and gives sane output on a test inference."""
-    model = MaskClassifier(path, num_threads=threads)
-    s = model.input_size
-    probe = np.stack([np.full((s, s, 3), 128, np.uint8), np.random.default_rng(0).integers(0, 255, (s, s, 3),
-                                                                                         dtype=np.uint8)])
-    p = model.predict(probe)
-    if p.shape != (2,) or not np.isfinite(p).all():
-        raise ModelError(f"{path}: test inference gave {p!r}")
-    return model
 
 
 @dataclass
@@ -67,9 +53,9 @@ class Service:
         self.notifier = Notifier()
         self._lock = threading.Lock()  # the door is driven by the loop and by the camera guard
         self.door = DoorController(cfg.gpio, cfg.policy.mode)  # fail state from this instant
-        self.policy = Policy(cfg.policy)
         self.pipeline = Pipeline(make_detector(cfg.detector), load_model(cfg.classifier.model, cfg.classifier.threads),
                                  cfg.classifier.threshold)
+        self.policy = Policy(cfg.policy, self.pipeline.threshold)
         self._model_stamp = _stamp(cfg.classifier.model)
         self._next_model_check = 0.0
         self.frames = 0
@@ -132,7 +118,7 @@ class Service:
             with self._lock:
                 self.door.close()
                 self.door = DoorController(cfg.gpio, cfg.policy.mode)
-            self.cfg, self.pipeline, self.policy = cfg, pipeline, Policy(cfg.policy)
+            self.cfg, self.pipeline, self.policy = cfg, pipeline, Policy(cfg.policy, pipeline.threshold)
             self._model_stamp = _stamp(cfg.classifier.model)
             self.events.record("model", None, what="config reloaded", sha256=pipeline.classifier.sha256)
         self.notifier.ready(self._status_line())
@@ -177,7 +163,11 @@ class Service:
         guard = threading.Thread(target=self._guard, name="camera-guard", daemon=True)
         try:
             source = self.source = source or open_source(self.cfg.source, self.source_spec)
-            self.events.record("start", None, model=self.pipeline.classifier.sha256, door=self.door.door)
+            # Holds, track timeouts and cool-downs run on the frames' clock: say which one that is.
+            clock = getattr(source, "clock", "frame times as the source gives them")
+            log.info("clock: %s", clock)
+            self.events.record("start", None, model=self.pipeline.classifier.sha256, door=self.door.door,
+                               clock=clock)
             self.notifier.ready(self._status_line())
             self._write_status()
             self._last_frame = time.monotonic()
@@ -213,8 +203,8 @@ class Service:
                 log.warning("empty frame %d skipped (%d so far)", frame.index, self.skipped)
                 continue
             results = self.pipeline.run(frame)
-            decision = self.policy.update(
-                [Verdict(r.face.box, r.p_without_mask, r.label == POSITIVE) for r in results], frame.t)
+            self.policy.threshold = self.pipeline.threshold  # a swapped model may bring its own
+            decision = self.policy.update(results, frame.t)
             self._last_frame = time.monotonic()
             with self._lock:
                 if self._camera_lost:
@@ -224,7 +214,8 @@ class Service:
                 self.door.apply(decision.state, frame.t)
             if decision.changed:
                 self.events.record("decision", decision.state, frame=frame.index, image=frame.name or None,
-                                   unmasked=decision.unmasked, masked=decision.masked, door=self.door.door,
+                                   t=round(frame.t, 3), unmasked=decision.unmasked, incorrect=decision.incorrect,
+                                   masked=decision.masked, door=self.door.door,
                                    p=[round(r.p_without_mask, 3) for r in results])
                 if self.events.faces_dir is not None and results:
                     self.events.save_faces(frame.image, [r.face.box for r in results], decision.state)

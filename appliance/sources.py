@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import itertools
 import logging
 import threading
 import time
@@ -23,7 +24,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class Frame:
     image: np.ndarray  # BGR, full resolution: faces are cropped from it
-    t: float  # time.monotonic() when captured
+    t: float  # seconds on the source's clock: time.monotonic() at capture, or a video's own timestamp
     index: int
     name: str = ""  # file name for still images
     lores: np.ndarray | None = None  # BGR, smaller stream to detect on, where the camera gives one
@@ -31,6 +32,7 @@ class Frame:
 
 class FrameSource(Protocol):
     skipped: int  # frames or files that could not be read
+    clock: str  # what Frame.t means, in words, for the log: the policy's holds and timeouts run on it
 
     def frames(self) -> Iterator[Frame]: ...
 
@@ -58,13 +60,29 @@ class Backoff:
         self.next = self.first
 
 
-def image_files(spec: str) -> list[Path]:
+VIDEO_SUFFIXES = {".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".ts", ".h264", ".mjpeg"}
+VISIT_GAP = 60.0  # seconds of source time between two files: no track, hold or buzzer cool-down carries over
+
+
+def _files(spec: str, suffixes: set[str]) -> list[Path]:
     path = Path(spec)
     if path.is_dir():
-        return sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        return sorted(p for p in path.rglob("*") if p.suffix.lower() in suffixes)
     if path.is_file():
         return [path]
-    return sorted(Path(p) for p in glob.glob(spec, recursive=True) if Path(p).suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(Path(p) for p in glob.glob(spec, recursive=True) if Path(p).suffix.lower() in suffixes)
+
+
+def image_files(spec: str) -> list[Path]:
+    return _files(spec, IMAGE_SUFFIXES)
+
+
+def video_files(spec: str) -> list[Path]:
+    """Video files named by `spec`: one file (any suffix that is not an image's), or a folder or glob of them."""
+    path = Path(spec)
+    if path.is_file():
+        return [] if path.suffix.lower() in IMAGE_SUFFIXES else [path]
+    return _files(spec, VIDEO_SUFFIXES)
 
 
 class ImageSource:
@@ -72,10 +90,12 @@ class ImageSource:
     `gap` simulated seconds between two images so that no track or hold carries over. Unreadable files are
     skipped, counted and logged."""
 
-    def __init__(self, files: list[Path], still_frames: int = 1, fps: float = 15.0, gap: float = 60.0):
+    def __init__(self, files: list[Path], still_frames: int = 1, fps: float = 15.0, gap: float = VISIT_GAP):
         self.files, self.still_frames = files, still_frames
         self.period, self.gap = 1.0 / (fps or 15.0), gap
         self.skipped = 0
+        self.clock = (f"simulated: each image {still_frames} frame(s) at {fps or 15.0:g} fps, {gap:g} s between "
+                      "images, read as fast as possible")
         self._stopped = threading.Event()
 
     def stop(self) -> None:
@@ -102,13 +122,14 @@ class ImageSource:
 
 
 class VideoSource:
-    """cv2.VideoCapture over a camera index, a /dev/video device, a stream URL or a video file. A live source
-    that stops delivering is reopened with back-off; a file ends the run at its end."""
+    """cv2.VideoCapture over a camera index, a /dev/video device or a stream URL; a source that stops delivering
+    is reopened with back-off. Frames carry the capture time (time.monotonic())."""
 
     def __init__(self, spec: str, cfg: SourceConfig):
         self.spec, self.cfg = spec, cfg
-        self.live = spec.isdigit() or spec.startswith("/dev/video") or "://" in spec
+        self.live = True
         self.skipped = 0
+        self.clock = "wall clock (time.monotonic() at capture)"
         self._cap: cv2.VideoCapture | None = None
         self._stopped = threading.Event()
 
@@ -118,14 +139,13 @@ class VideoSource:
     def _open(self) -> bool:
         target: int | str = int(self.spec) if self.spec.isdigit() else self.spec
         self._cap = cv2.VideoCapture(target)
-        if self.live and self.cfg.fps:
+        if self.cfg.fps:
             self._cap.set(cv2.CAP_PROP_FPS, self.cfg.fps)
         return self._cap.isOpened()
 
     def frames(self) -> Iterator[Frame]:
         backoff = Backoff(self.cfg.reconnect_min, self.cfg.reconnect_max, self._stopped)
-        if not self._open() and not self.live:
-            raise OSError(f"{self.spec}: cannot open video")
+        self._open()
         index = 0
         while not self._stopped.is_set():
             ok, image = self._cap.read() if self._cap is not None else (False, None)
@@ -134,14 +154,67 @@ class VideoSource:
                 yield Frame(image, time.monotonic(), index)
                 index += 1
                 continue
-            if not self.live:
-                return
             self.skipped += 1
             self.close()
             log.warning("%s: no frame, reconnecting in %.1f s", self.spec, backoff.next)
             backoff.wait()
             if not self._stopped.is_set() and self._open():
                 log.info("%s: reconnected", self.spec)
+
+    def close(self) -> None:
+        if self._cap is not None:
+            self._cap.release()
+            self._cap = None
+
+
+class VideoFileSource:
+    """Video files, each a separate visit, played on their own timestamps: Frame.t is the video's time (plus
+    VISIT_GAP seconds between files), so the same file gives the same decisions at the same video times however
+    fast it is read. `realtime` paces frames to the wall clock as a camera would deliver them; without it files
+    are read as fast as they decode. The end of the last file ends the run."""
+
+    def __init__(self, files: list[Path], realtime: bool = True, gap: float = VISIT_GAP):
+        self.files, self.realtime, self.gap = files, realtime, gap
+        self.live = False
+        self.skipped = 0
+        self.clock = ("video timestamps, paced to real time" if realtime else
+                      "video timestamps, read as fast as they decode")
+        self._cap: cv2.VideoCapture | None = None
+        self._stopped = threading.Event()
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def frames(self) -> Iterator[Frame]:
+        index, offset = 0, 0.0
+        for path in self.files:
+            if self._stopped.is_set():
+                return
+            self._cap = cv2.VideoCapture(str(path))
+            if not self._cap.isOpened():
+                self.close()
+                if len(self.files) == 1:
+                    raise OSError(f"{path}: cannot open video")
+                self.skipped += 1
+                log.warning("%s: cannot open video, skipped (%d so far)", path, self.skipped)
+                continue
+            # A file without a frame rate of its own is read at 15 fps: the rate the appliance's camera runs at.
+            period = 1.0 / (self._cap.get(cv2.CAP_PROP_FPS) or 15.0)
+            wall_start, last = time.monotonic(), -1.0
+            for k in itertools.count():
+                ok, image = self._cap.read()
+                if not ok or image is None or self._stopped.is_set():
+                    break
+                # The container's timestamp where it has one that moves forward, else frame number x period.
+                pos = self._cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
+                t = pos if pos > last else k * period
+                last = t
+                if self.realtime and self._stopped.wait(max(0.0, wall_start + t - time.monotonic())):
+                    break
+                yield Frame(image, offset + t, index, name=str(path))
+                index += 1
+            self.close()
+            offset += last + self.gap
 
     def close(self) -> None:
         if self._cap is not None:
@@ -157,6 +230,7 @@ class Picamera2Source:
 
         self.cfg = cfg
         self.skipped = 0
+        self.clock = "wall clock (time.monotonic() at capture)"
         self._stopped = threading.Event()
         self._cam = Picamera2()
         config = self._cam.create_video_configuration(
@@ -188,10 +262,14 @@ def open_source(cfg: SourceConfig, spec: str | None = None) -> FrameSource:
         return Picamera2Source(cfg)
     if spec.isdigit() or spec.startswith("/dev/video") or "://" in spec:
         return VideoSource(spec, cfg)
-    path = Path(spec)
-    if path.is_file() and path.suffix.lower() not in IMAGE_SUFFIXES:
-        return VideoSource(spec, cfg)
-    files = image_files(spec)
-    if not files:
+    if Path(spec).is_file():  # one file: its suffix says which kind
+        videos, images = video_files(spec), ([] if video_files(spec) else [Path(spec)])
+    else:
+        videos, images = video_files(spec), image_files(spec)
+    if videos and images:
+        raise OSError(f"{spec}: holds both videos and images; name one kind (a glob such as '{spec}/*.mp4')")
+    if videos:
+        return VideoFileSource(videos, cfg.realtime)
+    if not images:
         raise OSError(f"{spec}: no images, video or camera found there")
-    return ImageSource(files, cfg.still_frames, cfg.fps)
+    return ImageSource(images, cfg.still_frames, cfg.fps)

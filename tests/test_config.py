@@ -35,7 +35,19 @@ def test_a_toml_file_overrides_the_defaults(tmp_path):
         ({"gpio": {"red_pin": 17}}, "[gpio] red_pin = 17 is already used by [gpio] relay_pin"),
         ({"gpio": {"rgb_pins": [5, 6]}}, "[gpio] rgb_pins = [5, 6] is not a list of 3 values"),
         ({"gpio": {"relay_active_high": "yes"}}, "[gpio] relay_active_high = 'yes' is not true or false"),
-        ({"policy": {"votes": 6}}, "[policy] votes = 6 is more than [policy] window = 5"),
+        ({"policy": {"min_size": 120}}, "[policy] min_size = 120.0 is more than [policy] full_size = 64.0"),
+        ({"policy": {"incorrect_mask": "maybe"}}, "[policy] incorrect_mask = 'maybe' is not one of 'deny', 'allow'"),
+        ({"policy": {"votes": 3}}, "unknown key [policy] votes"),  # a fixed count of frames no longer decides
+        ({"policy": {"unsure": 0.9, "sure": 0.8}}, "[policy] unsure = 0.9 is not less than [policy] sure = 0.8"),
+        # nan compares false with every bound, so each of these passed validation (issue 13).
+        ({"classifier": {"threshold": float("nan")}}, "[classifier] threshold = nan is not a finite number"),
+        ({"policy": {"deny_hold": float("nan")}}, "[policy] deny_hold = nan is not a finite number"),
+        ({"service": {"camera_timeout": float("nan")}}, "[service] camera_timeout = nan is not a finite number"),
+        ({"detector": {"score_threshold": float("nan")}}, "[detector] score_threshold = nan is not a finite"),
+        ({"policy": {"allow_hold": float("inf")}}, "[policy] allow_hold = inf is not a finite number"),
+        ({"source": {"fps": float("-inf")}}, "[source] fps = -inf is not a finite number"),
+        ({"source": {"main_size": [0, -5]}}, "[source] main_size[0] = 0 is outside 16..8192"),
+        ({"source": {"lores_size": [320, -5]}}, "[source] lores_size[1] = -5 is outside 16..8192"),
         ({"classifier": {"model": "/nowhere/m.tflite"}}, "[classifier] model = '/nowhere/m.tflite' does not exist"),
         ({"gpio": {"fail": "secure"}}, "[gpio] fail = 'secure' wants the door locked"),
     ],
@@ -54,6 +66,40 @@ def test_bad_toml_and_missing_files_are_named(tmp_path):
         config.load(bad)
     with pytest.raises(ConfigError, match="missing.toml: config file not found"):
         config.load(tmp_path / "missing.toml")
+
+
+def test_nan_written_in_a_toml_file_is_refused(tmp_path):
+    path = tmp_path / "config.toml"
+    path.write_text("[classifier]\nthreshold = nan\n")
+    with pytest.raises(ConfigError, match=r"config.toml: \[classifier\] threshold = nan is not a finite number"):
+        config.load(path)
+
+
+def test_rgb_pins_may_reuse_the_led_pins_they_replace():
+    cfg = config.parse({"gpio": {"rgb_pins": [22, 23, 24]}})
+    assert cfg.gpio.rgb_pins == (22, 23, 24)
+    with pytest.raises(ConfigError, match=r"\[gpio\] rgb_pins\[0\] = 17 is already used by \[gpio\] relay_pin"):
+        config.parse({"gpio": {"rgb_pins": [17, 23, 24]}})  # the relay is still there
+
+
+def test_rgb_pins_drive_the_rgb_led_and_leave_the_led_pins_alone(mock_pins):
+    from appliance.actuators import DoorController
+
+    cfg = config.parse({"gpio": {"rgb_pins": [22, 23, 24]}})
+    door = DoorController(cfg.gpio, cfg.policy.mode)
+    door.apply("deny", 0.0)
+    assert mock_pins.pin(22).state is True and mock_pins.pin(23).state is False  # red on the RGB LED's red pin
+    door.close()
+
+
+def test_a_config_file_that_is_not_utf8_is_named(tmp_path):
+    path = tmp_path / "latin1.toml"
+    path.write_bytes('[source]\nspec = "caméra"\n'.encode("latin-1"))
+    with pytest.raises(ConfigError) as err:
+        config.load(path)
+    assert str(err.value).startswith(f"{path}: not UTF-8 text") and "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match=f"{tmp_path}: cannot read config file"):
+        config.load(tmp_path)  # a folder
 
 
 def test_fail_secure_is_accepted_when_the_de_energized_relay_locks():

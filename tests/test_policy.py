@@ -1,46 +1,177 @@
-"""The decision policy: tracks, votes, hysteresis and hold times."""
+"""The decision policy: tracks, size- and confidence-weighted votes, hysteresis and hold times."""
 
 from __future__ import annotations
 
-from appliance.config import PolicyConfig
-from appliance.policy import ALLOW, DENY, IDLE, Policy, Verdict
+import pytest
 
-A = (100.0, 100.0, 200.0, 220.0)  # one person
+from appliance.config import PolicyConfig
+from appliance.detector import Face
+from appliance.pipeline import FaceResult
+from appliance.policy import ALLOW, DENY, IDLE, INCORRECT, MASKED, UNMASKED, Policy, Verdict
+
+A = (100.0, 100.0, 200.0, 220.0)  # one person, 100 px: a full-weight vote under the defaults
 B = (400.0, 100.0, 500.0, 220.0)  # another, far from A
 FPS = 15.0
 
 
-def v(box, flagged: bool) -> Verdict:
-    return Verdict(box, 0.9 if flagged else 0.1, flagged)
+def box(size: float, x: float = 100.0) -> tuple[float, float, float, float]:
+    return (x, 100.0, x + size, 100.0 + size * 1.2)
+
+
+def v(b, flagged: bool, p: float | None = None) -> Verdict:
+    p = (0.99 if flagged else 0.01) if p is None else p  # a sure model: full-weight votes under the defaults
+    return Verdict(b, p, "without_mask" if flagged else "with_mask")
 
 
 def feed(policy: Policy, frames: list[list[Verdict]], start: float = 0.0) -> list[str]:
     return [policy.update(f, start + i / FPS).state for i, f in enumerate(frames)]
 
 
-def test_an_unmasked_face_denies_only_after_three_of_five_votes():
-    states = feed(Policy(PolicyConfig()), [[v(A, True)]] * 4)
-    assert states == [IDLE, IDLE, DENY, DENY]
+def first(states: list[str], state: str) -> float | None:
+    return next((i / FPS for i, s in enumerate(states) if s == state), None)
+
+
+def test_a_clear_unmasked_face_of_adequate_size_denies_within_0_3_s():
+    states = feed(Policy(PolicyConfig()), [[v(A, True)]] * 10)
+    assert states[0] == IDLE  # one frame is never enough
+    assert first(states, DENY) <= 0.3 and states[-1] == DENY
+
+
+def test_small_faces_cast_no_vote_however_sure_the_model_is():
+    cfg = PolicyConfig()
+    policy = Policy(cfg)
+    tiny = box(cfg.min_size - 1)
+    states = feed(policy, [[v(tiny, True, p=0.999)]] * 45)  # three seconds of a confident small "unmasked" face
+    assert set(states) == {IDLE} and policy.tracks[0].score == 0
+
+
+def approach(flags: list[bool], start: float = 40.0, end: float = 150.0) -> list[list[Verdict]]:
+    """A face growing from `start` to `end` px over len(flags) frames, read as flagged or not frame by frame."""
+    n = len(flags)
+    return [[v(box(start + (end - start) * i / (n - 1)), f)] for i, f in enumerate(flags)]
+
+
+def test_a_masked_visitor_misread_while_small_is_never_denied_and_allowed_only_when_near():
+    cfg = PolicyConfig(allow_hold=0)
+    # Issue 17: a masked face read as unmasked (p 0.99) on two early frames, then rightly; 3 s at 15 fps.
+    frames = approach([True, True] + [False] * 43)
+    states = feed(Policy(cfg), frames)
+    assert DENY not in states
+    first_allow = states.index(ALLOW)
+    assert frames[first_allow][0].size >= cfg.allow_size and set(states[:first_allow]) == {IDLE}
+
+
+def test_an_unmasked_visitor_is_denied_on_the_approach_before_anything_else():
+    states = feed(Policy(PolicyConfig()), approach([True] * 45))
+    assert states.index(DENY) / FPS <= 0.3 and ALLOW not in states
+
+
+def test_a_vote_weighs_more_with_size_and_with_confidence():
+    cfg = PolicyConfig(min_size=40, full_size=100, unsure=0.0, sure=0.8)
+    policy = Policy(cfg, threshold=0.5)
+    weight = lambda size, p, flagged=True: policy.weight(v(box(size), flagged, p=p))[0]  # noqa: E731
+    assert weight(39, 0.99) == 0
+    assert weight(50, 0.9) == pytest.approx(0.5) and weight(100, 0.9) == pytest.approx(1.0)
+    assert weight(200, 0.99) == pytest.approx(1.0)  # capped at 1
+    assert weight(100, 0.6) == pytest.approx(0.25) and weight(100, 0.5) == 0  # unsure: little or nothing
+    assert weight(100, 0.1, flagged=False) == pytest.approx(1.0) and weight(100, 0.4, False) == pytest.approx(0.25)
+    # Confidence is measured from the model's threshold, on each side's own scale.
+    low = Policy(cfg, threshold=0.3)
+    assert low.weight(v(box(100), True, p=0.58))[0] == pytest.approx(0.5)  # 0.28 of the 0.7 above it
+    assert low.weight(v(box(100), False, p=0.15))[0] == pytest.approx(0.625)  # 0.15 of the 0.3 below it
+
+
+def test_frames_the_model_is_unsure_of_cast_no_vote():
+    cfg = PolicyConfig(unsure=0.7, sure=0.95)
+    policy = Policy(cfg)
+    assert policy.weight(v(A, True, p=0.84))[0] == 0 and policy.weight(v(A, False, p=0.16))[0] == 0
+    assert policy.weight(v(A, True, p=0.9))[0] == pytest.approx(0.4)
+    states = feed(policy, [[v(A, True, p=0.8)]] * 45)  # three seconds of "probably unmasked"
+    assert set(states) == {IDLE}
+
+
+def test_unsure_frames_need_more_of_them():
+    cfg = PolicyConfig(deny_evidence=2.0)
+    sure = feed(Policy(cfg), [[v(A, True, p=0.99)]] * 20)
+    unsure = feed(Policy(cfg), [[v(A, True, p=0.925)]] * 20)  # weight 0.6 a frame: four frames
+    assert sure.index(DENY) == 1 and unsure.index(DENY) == 3
+
+
+def test_allow_needs_a_masked_face_settled_at_adequate_size():
+    cfg = PolicyConfig(allow_hold=0)
+    policy = Policy(cfg)
+    small = box(cfg.allow_size - 10)
+    assert set(feed(policy, [[v(small, False)]] * 30)) == {IDLE}  # plenty of votes, but never seen large enough
+    assert policy.tracks[0].state not in (MASKED, UNMASKED)
+    # The same person steps closer: the track is settled, and only now does the door allow.
+    big = box(cfg.allow_size + 10)
+    assert policy.update([v(big, False)], 30 / FPS).state == ALLOW
+
+
+def test_an_unsettled_face_never_allows_and_a_second_face_ends_allow_after_its_hold():
+    policy = Policy(PolicyConfig(allow_hold=0))
+    states = feed(policy, [[v(A, False)]] * 5)
+    assert states[:2] == [IDLE, IDLE] and states[-1] == ALLOW
+    # A second person arrives, not yet settled: allow lasts only through allow_hold (0 here).
+    assert policy.update([v(A, False), v(B, False)], 1.0).state == IDLE
 
 
 def test_a_single_frame_flip_does_not_change_the_decision():
     policy = Policy(PolicyConfig(deny_hold=0, allow_hold=0))
-    frames = [[v(A, False)]] * 4 + [[v(A, True)]] + [[v(A, False)]] * 4
+    frames = [[v(A, False)]] * 5 + [[v(A, True)]] + [[v(A, False)]] * 4
     states = feed(policy, frames)
-    assert states[:2] == [IDLE, IDLE]
-    assert states[2:] == [ALLOW] * 7  # the flip at frame 4 never shows
+    assert states[4:] == [ALLOW] * 6  # the flip at frame 5 never shows
 
 
-def test_changing_back_needs_a_new_majority_hysteresis():
-    policy = Policy(PolicyConfig(deny_hold=0, allow_hold=0))
-    states = feed(policy, [[v(A, True)]] * 5 + [[v(A, False)]] * 4)
-    # After five unmasked votes, two masked ones are not enough; the third settles it.
-    assert states[4:] == [DENY, DENY, DENY, ALLOW, ALLOW]
+def test_changing_back_needs_as_much_evidence_again_hysteresis():
+    cfg = PolicyConfig(deny_hold=0, allow_hold=0, deny_evidence=2.0, allow_evidence=3.0)
+    states = feed(Policy(cfg), [[v(A, True)]] * 8 + [[v(A, False)]] * 10)
+    # Eight unmasked votes cap the score at 2 + 3 = 5; it takes eight masked ones to reach -3.
+    assert states[7:15] == [DENY] * 8 and states[15:] == [ALLOW] * 3
 
 
-def test_one_unmasked_face_wins_over_masked_ones():
-    states = feed(Policy(PolicyConfig()), [[v(A, False), v(B, True)]] * 4)
-    assert states[-1] == DENY
+def test_one_unmasked_face_wins_over_masked_ones_with_a_single_deny():
+    policy = Policy(PolicyConfig())
+    changes = [policy.update([v(A, False), v(B, True)], i / FPS) for i in range(45)]
+    assert changes[-1].state == DENY and changes[-1].unmasked == 1
+    assert [d.state for d in changes if d.changed] == [DENY]  # never allow first
+
+
+def test_a_box_that_shrinks_suddenly_casts_no_vote():
+    policy = Policy(PolicyConfig())
+    feed(policy, [[v(A, False)]] * 3)
+    score = policy.tracks[0].score
+    cut = (A[0] + 10, A[1] + 10, A[2] - 15, A[3] - 30)  # a turned head: the box loses the mask, p jumps
+    policy.update([v(cut, True, p=0.9)], 3 / FPS)
+    assert policy.tracks[0].score == score
+
+
+def test_an_incorrectly_worn_mask_denies_by_default():
+    policy = Policy(PolicyConfig())
+    wrong = Verdict(A, 0.92, "incorrect_mask", p_incorrect_mask=0.85)
+    decisions = [policy.update([wrong], i / FPS) for i in range(5)]
+    assert decisions[-1].state == DENY and decisions[-1].incorrect == 1 and policy.tracks[0].state == INCORRECT
+
+
+def test_an_incorrectly_worn_mask_counts_as_masked_when_configured():
+    policy = Policy(PolicyConfig(incorrect_mask="allow"))
+    wrong = Verdict(A, 0.92, "incorrect_mask", p_incorrect_mask=0.85)  # p(no mask at all) = 0.07
+    states = feed(policy, [[wrong]] * 6)
+    assert DENY not in states and states[-1] == ALLOW and policy.tracks[0].state == MASKED
+    # ...but a face with no mask at all still denies.
+    assert feed(Policy(PolicyConfig(incorrect_mask="allow")), [[v(A, True)]] * 4)[-1] == DENY
+
+
+def test_the_policy_takes_pipeline_results():
+    policy = Policy(PolicyConfig())
+    result = FaceResult(Face(A, 0.9), 0.97, "without_mask")
+    assert [policy.update([result], i / FPS).state for i in range(3)][-1] == DENY
+
+
+def test_a_verdict_refuses_an_unknown_label_and_reads_the_older_flagged_form():
+    with pytest.raises(ValueError, match="face label 'masked' is not with_mask"):
+        Verdict(A, 0.1, "masked")
+    assert Verdict(A, 0.9, True).label == "without_mask" and Verdict(A, 0.1, False).label == "with_mask"
 
 
 def test_deny_holds_after_the_face_leaves_then_goes_idle():
@@ -51,32 +182,24 @@ def test_deny_holds_after_the_face_leaves_then_goes_idle():
     assert policy.update([], 3.0).state == IDLE  # last unmasked at 2/15 s, hold 2 s: over
 
 
-def test_allow_needs_every_present_face_masked():
-    policy = Policy(PolicyConfig(allow_hold=0))
-    feed(policy, [[v(A, False)]] * 3)
-    assert policy.state == ALLOW
-    # A second person arrives, not yet settled: allow stays only through allow_hold (0 here), so it ends.
-    assert policy.update([v(A, False), v(B, False)], 1.0).state == IDLE
-
-
 def test_tracks_follow_a_moving_face_and_expire():
     policy = Policy(PolicyConfig(track_timeout=0.5))
     for i in range(3):
         shifted = (A[0] + 10 * i, A[1], A[2] + 10 * i, A[3])
         policy.update([v(shifted, True)], i / FPS)
-    assert len(policy.tracks) == 1 and policy.tracks[0].state == "unmasked"
+    assert len(policy.tracks) == 1 and policy.tracks[0].state == UNMASKED
     policy.update([], 2.0)
     assert policy.tracks == []
 
 
 def test_decision_reports_changes_once():
-    policy = Policy(PolicyConfig())
+    policy = Policy(PolicyConfig(deny_evidence=2.0))
     changed = [policy.update([v(A, True)], i / FPS).changed for i in range(5)]
-    assert changed == [False, False, True, False, False]
+    assert changed == [False, True, False, False, False]
 
 
 def test_a_face_after_the_timeout_starts_a_new_track():
-    policy = Policy(PolicyConfig(track_timeout=1.0, deny_hold=0, allow_hold=0))
+    policy = Policy(PolicyConfig(track_timeout=1.0, deny_hold=0, allow_hold=0, allow_evidence=3.0))
     feed(policy, [[v(A, True)]] * 5)
     assert policy.state == DENY
     # The same place, much later: a new person, who must earn their own votes.

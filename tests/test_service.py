@@ -292,3 +292,42 @@ def test_face_images_are_stored_only_when_asked(model_dir, tmp_path):
     service.run(ImageSource(image, still_frames=6))
     saved = list((tmp_path / "faces").glob("*-deny-*.jpg"))
     assert saved and all(p.stat().st_size > 500 for p in saved)
+
+
+def _scene_video(path: Path, image_path: Path, frames: int, fps: float = 10.0) -> Path:
+    import cv2
+
+    image = cv2.imread(str(image_path))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (image.shape[1], image.shape[0]))
+    for _ in range(frames):
+        writer.write(image)
+    writer.release()
+    return path
+
+
+def test_a_replayed_video_decides_the_same_at_the_same_video_times_fast_or_paced(model_dir, tmp_path, caplog):
+    import logging
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    _scene_video(videos / "1-masked.avi", scene_images("with_mask", limit=1)[0], 12)
+    _scene_video(videos / "2-unmasked.avi", scene_images("without_mask", limit=1)[0], 12)
+    runs = {}
+    for realtime in (False, True):
+        out = tmp_path / str(realtime)
+        service = make_service(model_dir, out, source={"spec": str(videos), "realtime": realtime})
+        started = time.monotonic()
+        with caplog.at_level(logging.INFO, logger="appliance.service"):
+            assert service.run() == 0
+        runs[realtime] = ([(e["state"], e["t"], Path(e["image"]).name) for e in events(out, "decision")],
+                          time.monotonic() - started, events(out, "start")[0]["clock"])
+    (fast, _, fast_clock), (paced, paced_s, paced_clock) = runs[False], runs[True]
+    # Two files, two visits: allow on the first, deny on the second, at the same video times either way.
+    assert [(s, n) for s, _, n in fast] == [("allow", "1-masked.avi"), ("idle", "2-unmasked.avi"),
+                                            ("deny", "2-unmasked.avi")]
+    assert fast == paced
+    assert fast[2][1] >= 1.1 + 60  # the second file starts after the first and a 60 s gap of video time
+    assert 2.2 <= paced_s < 30  # 2 x 1.1 s of video, paced; the 60 s between files is not waited
+    assert fast_clock == "video timestamps, read as fast as they decode"
+    assert paced_clock == "video timestamps, paced to real time"
+    assert "clock: video timestamps, paced to real time" in caplog.text

@@ -15,7 +15,7 @@ from conftest import SHIPPED, scene_images
 from appliance.config import DetectorConfig, SourceConfig
 from appliance.detector import make_detector
 from appliance.pipeline import Pipeline
-from appliance.sources import Backoff, VideoSource, open_source
+from appliance.sources import VISIT_GAP, Backoff, VideoFileSource, VideoSource, open_source
 
 
 def test_an_image_folder_shows_each_image_as_a_separate_visit(tmp_path):
@@ -29,15 +29,58 @@ def test_an_image_folder_shows_each_image_as_a_separate_visit(tmp_path):
     assert frames[1].t - frames[0].t == pytest.approx(0.1) and frames[3].t - frames[2].t > 10
 
 
-def test_a_video_file_is_read_to_its_end(tmp_path):
-    path = tmp_path / "door.avi"
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (320, 240))
-    for i in range(12):
+def write_video(path, frames: int = 12, fps: float = 10.0):
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (320, 240))
+    for i in range(frames):
         writer.write(np.full((240, 320, 3), i * 20, np.uint8))
     writer.release()
+    return path
+
+
+def test_a_video_file_is_read_to_its_end_on_its_own_timestamps(tmp_path):
+    path = write_video(tmp_path / "door.avi")
+    source = open_source(SourceConfig(realtime=False), str(path))
+    assert isinstance(source, VideoFileSource) and not source.live and "video timestamps" in source.clock
+    started = time.monotonic()
+    frames = list(source.frames())
+    assert time.monotonic() - started < 1.0  # as fast as it decodes
+    assert [f.t for f in frames] == pytest.approx([i / 10 for i in range(12)])  # video time, not the wall clock
+    assert [f.index for f in frames] == list(range(12)) and frames[0].name == str(path)
+
+
+def test_a_video_file_is_paced_to_real_time_by_default_with_the_same_times(tmp_path):
+    path = write_video(tmp_path / "door.avi")
     source = open_source(SourceConfig(), str(path))
-    assert isinstance(source, VideoSource) and not source.live
-    assert len(list(source.frames())) == 12
+    assert "paced to real time" in source.clock
+    started = time.monotonic()
+    frames = list(source.frames())
+    assert time.monotonic() - started >= 1.05  # the last frame is at 1.1 s of video
+    assert [f.t for f in frames] == pytest.approx([i / 10 for i in range(12)])
+
+
+def test_a_folder_or_glob_of_videos_plays_them_one_after_another_as_separate_visits(tmp_path):
+    write_video(tmp_path / "a.avi", frames=5)
+    write_video(tmp_path / "b.avi", frames=3, fps=5.0)
+    (tmp_path / "notes.txt").write_text("not a video")
+    for spec in (str(tmp_path), str(tmp_path / "*.avi")):
+        frames = list(open_source(SourceConfig(realtime=False), spec).frames())
+        assert [f.name.rsplit("/", 1)[-1] for f in frames] == ["a.avi"] * 5 + ["b.avi"] * 3
+        gap = frames[5].t - frames[4].t
+        assert gap >= VISIT_GAP and [f.t - frames[5].t for f in frames[5:]] == pytest.approx([0, 0.2, 0.4])
+
+
+def test_a_folder_with_videos_and_images_is_refused(tmp_path):
+    write_video(tmp_path / "a.avi", frames=2)
+    (tmp_path / "b.jpg").write_bytes(scene_images("with_mask", limit=1)[0].read_bytes())
+    with pytest.raises(OSError, match="holds both videos and images"):
+        open_source(SourceConfig(), str(tmp_path))
+
+
+def test_an_unreadable_video_in_a_folder_is_skipped_and_counted(tmp_path):
+    write_video(tmp_path / "a.avi", frames=2)
+    (tmp_path / "b.mp4").write_bytes(b"not a video")
+    source = open_source(SourceConfig(realtime=False), str(tmp_path))
+    assert len(list(source.frames())) == 2 and source.skipped == 1
 
 
 def test_a_missing_video_file_is_an_error():

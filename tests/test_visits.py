@@ -1,0 +1,100 @@
+"""Door visits: seeded approach videos from real labelled photos, judged by the real pipeline and Policy."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import SCENES, scene_images
+
+from appliance.config import PolicyConfig
+from appliance.policy import Policy, Verdict
+from training import visits
+
+
+@pytest.fixture(scope="module")
+def small_set(tmp_path_factory) -> Path:
+    """A labels.csv of a few scenes-dev photos whose faces are all of one label and at least 150 px."""
+    photos = {p.name for lab in ("with_mask", "without_mask") for p in scene_images(lab, min_face=150, limit=2)}
+    out = tmp_path_factory.mktemp("set") / "labels.csv"
+    with open(SCENES / "labels.csv", newline="") as f, open(out, "w", newline="") as g:
+        reader = csv.DictReader(f)
+        writer = csv.DictWriter(g, reader.fieldnames)
+        writer.writeheader()
+        for row in reader:
+            if Path(row["image_path"]).name in photos:
+                writer.writerow({**row, "image_path": str(SCENES / row["image_path"])})
+    return out
+
+
+def test_visits_are_seeded_and_grow_the_face_without_upsampling(small_set):
+    faces = visits.source_faces(visits.read_labels(small_set), None, 150)
+    assert faces and all(f.height >= 150 for f in faces)
+    plan = visits.plan_visits(faces, 2, 1, seed=3)
+    assert [v.id for v in plan] == [v.id for v in visits.plan_visits(faces, 2, 1, seed=3)]
+    assert {v.kind for v in plan} >= {"with_mask", "without_mask", "with_mask+without_mask"}
+    r = visits.Render(seconds=1.0, fps=10)
+    one = list(visits.render(plan[0], r))
+    again = list(visits.render(plan[0], r))
+    assert len(one) == 10 and all(np.array_equal(a[1], b[1]) for a, b in zip(one, again, strict=True))
+    assert [t for t, _, _ in one] == pytest.approx([i / 10 for i in range(10)])  # video time
+    heights = [boxes[0][3] - boxes[0][1] for _, _, boxes in one]
+    assert heights[0] == pytest.approx(40) and heights[-1] == pytest.approx(150) and heights == sorted(heights)
+    assert one[0][1].shape == (480, 640, 3)
+
+
+def test_judge_counts_an_allow_before_a_deny():
+    visit = visits.Visit("v", "without_mask", [], 0)
+    face = (100.0, 100.0, 220.0, 250.0)
+    masked = [Verdict(face, 0.02, "with_mask")] * 5
+    unmasked = [Verdict(face, 0.98, "without_mask")] * 10
+    frames = [(i / 15, [v]) for i, v in enumerate(masked + unmasked)]
+    out = visits.judge(visit, frames, Policy(PolicyConfig(allow_evidence=3.0), 0.5))
+    assert out.allowed and out.denied and out.allow_before_deny and out.denies == 1
+    assert out.first_allow == pytest.approx(2 / 15, abs=1e-3) and out.first_deny > out.first_allow
+    table = visits.summarise([out])
+    assert table["without_mask"]["allow_before_deny"] == 1 and table["without_mask"]["denied"] == 1
+
+
+def _args(**kw) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    visits.add_arguments(parser)
+    argv = [str(kw.pop("labels"))] if "labels" in kw else []
+    for key, value in kw.items():
+        argv += [f"--{key.replace('_', '-')}", str(value)]
+    return parser.parse_args(argv)
+
+
+def test_real_visits_deny_the_unmasked_and_not_the_masked_and_replay_the_same(small_set, tmp_path, capsys):
+    saved, report = tmp_path / "frames.json", tmp_path / "report.json"
+    args = _args(labels=small_set, max_visits=2, pairs=1, seconds=2.0, fps=10, save_frames=saved, json=report)
+    assert visits.run(args) == 0
+    table = json.loads(report.read_text())["table"]
+    assert table["without_mask"]["visits"] == 2 and table["without_mask"]["denied"] == 2
+    assert table["with_mask"]["visits"] == 2 and table["with_mask"]["denied"] == 0
+    pair = table["with_mask+without_mask"]
+    assert pair["denied"] == 1 and pair["one_deny"] == 1  # both people, one deny
+    assert table["with_mask+with_mask"]["denied"] == 0 and table["with_mask+with_mask"]["allowed"] == 1
+    assert table["without_mask"]["allow_before_deny"] == 0 and table["without_mask"]["deny_median_s"] <= 1.0
+    printed = capsys.readouterr().out
+    assert "| without_mask | 2 | 2/2 |" in printed
+    # The same faces judged again from the saved frames, without the pipeline: the same figures.
+    assert visits.run(_args(replay=saved, json=tmp_path / "again.json")) == 0
+    assert json.loads((tmp_path / "again.json").read_text())["table"] == table
+
+
+def test_a_labels_file_with_an_unknown_label_is_refused(tmp_path):
+    bad = tmp_path / "labels.csv"
+    bad.write_text("image_path,x1,y1,x2,y2,label\na.jpg,0,0,10,10,maybe\n")
+    with pytest.raises(ValueError, match="labels.csv:2: unknown label 'maybe'"):
+        visits.read_labels(bad)
+
+
+def test_a_missing_labels_file_is_one_line(tmp_path, capsys):
+    assert visits.run(_args(labels=tmp_path / "labels.csv")) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("visits: ") and "labels.csv" in err[0]

@@ -1,0 +1,420 @@
+"""Door-level evaluation: seeded approach visits made from labelled scene photos, judged by the pipeline and Policy.
+
+A still photo is not what a door sees. A visit here is a person walking up to the camera: a labelled face (with
+some head and shoulders around it) cut from its photo, pasted on a plain background and grown from `--start` px to
+`--end` px tall over `--seconds` at `--fps`, drifting a little, with sensor noise, blur and JPEG artefacts. Only
+faces at least `--end` px tall in their photo are used, so no frame is upsampled. Pairs put two people side by
+side. Each visit runs through the real detector and classifier and a fresh Policy on the video's own clock (frame
+i at i / fps seconds), so the figures are what the door would decide, frame by frame.
+
+Reported per kind of visit: visits denied, masked visits wrongly denied, time to first deny (median, p90), visits
+with an `allow` before a `deny`, deny decisions per visit, and beside them the same faces on their still photo.
+
+    python -m training.visits ../shared/datasets/scenes-ilc/labels.csv --split val --max-visits 40
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from appliance.policy import ALLOW, DENY, Policy, Verdict, iou
+
+log = logging.getLogger(__name__)
+
+LABELS = ("with_mask", "without_mask", "incorrect_mask")
+Box = tuple[float, float, float, float]
+
+
+@dataclass(frozen=True)
+class SourceFace:
+    image: str
+    box: Box
+    label: str
+    others: tuple[Box, ...] = ()  # the photo's other labelled faces, blanked out of the cut-out
+
+    @property
+    def height(self) -> float:
+        return self.box[3] - self.box[1]
+
+
+@dataclass
+class Visit:
+    id: str
+    kind: str  # a label, or two labels joined by "+"
+    faces: list[SourceFace]
+    seed: int
+
+
+@dataclass
+class Outcome:
+    id: str
+    kind: str
+    denied: bool
+    allowed: bool
+    first_deny: float | None  # video seconds from the first frame
+    first_allow: float | None
+    first_adequate: float | None  # the first frame with a face of at least [policy] min_size: it can vote from here
+    deny_size: float | None  # the largest face (shorter side, px) in the frame of the first deny
+    denies: int  # decisions that turned to deny
+    allow_before_deny: bool
+    detected_frames: int
+    decisions: list[tuple[float, str]] = field(default_factory=list)
+
+
+def read_labels(labels_csv: Path) -> dict[str, list[tuple[Box, str]]]:
+    """labels.csv (image_path,x1,y1,x2,y2,label, paths relative to its folder) as {photo path: [(box, label)]}."""
+    labels_csv = Path(labels_csv)
+    out: dict[str, list[tuple[Box, str]]] = defaultdict(list)
+    with open(labels_csv, newline="") as f:
+        for line, row in enumerate(csv.DictReader(f), start=2):
+            try:
+                box = tuple(float(row[k]) for k in ("x1", "y1", "x2", "y2"))
+                label = row["label"]
+            except (KeyError, ValueError, TypeError):
+                raise ValueError(f"{labels_csv}:{line}: bad row {row}") from None
+            if label not in LABELS:
+                raise ValueError(f"{labels_csv}:{line}: unknown label {label!r}")
+            out[str(labels_csv.parent / row["image_path"])].append((box, label))  # type: ignore[arg-type]
+    return dict(out)
+
+
+def source_faces(labels: dict[str, list[tuple[Box, str]]], photos: list[str] | None, min_height: float
+                 ) -> list[SourceFace]:
+    """Faces at least `min_height` px tall (so a visit never upsamples them), in photo and box order."""
+    chosen = []
+    for image in sorted(photos if photos is not None else labels):
+        faces = labels.get(image, [])
+        for i, (box, label) in enumerate(faces):
+            if box[3] - box[1] >= min_height and box[2] - box[0] >= min_height * 0.5:
+                others = tuple(b for j, (b, _) in enumerate(faces) if j != i)
+                chosen.append(SourceFace(image, box, label, others))
+    return chosen
+
+
+def plan_visits(faces: list[SourceFace], max_visits: int, pairs: int, seed: int) -> list[Visit]:
+    """Seeded: up to `max_visits` one-person visits per label, and `pairs` two-person visits of each pair kind
+    (masked + unmasked, masked + masked, unmasked + unmasked)."""
+    rng = np.random.default_rng(seed)
+    by_label: dict[str, list[SourceFace]] = {lab: [f for f in faces if f.label == lab] for lab in LABELS}
+    visits: list[Visit] = []
+    for label in LABELS:
+        pool = by_label[label]
+        order = rng.permutation(len(pool))[:max_visits]
+        visits += [Visit(f"{label}-{k}", label, [pool[i]], int(rng.integers(2**31))) for k, i in enumerate(order)]
+    for a, b in (("with_mask", "without_mask"), ("with_mask", "with_mask"), ("without_mask", "without_mask")):
+        if len(by_label[a]) < 1 or len(by_label[b]) < 1 or (a == b and len(by_label[a]) < 2):
+            continue
+        for k in range(pairs):
+            i = int(rng.integers(len(by_label[a])))
+            j = int(rng.integers(len(by_label[b])))
+            while a == b and j == i:
+                j = int(rng.integers(len(by_label[b])))
+            visits.append(Visit(f"{a}+{b}-{k}", f"{a}+{b}", [by_label[a][i], by_label[b][j]],
+                                int(rng.integers(2**31))))
+    return visits
+
+
+def _cutout(image: np.ndarray, face: SourceFace, background: tuple[int, int, int]) -> tuple[np.ndarray, Box]:
+    """The face with some head and shoulders around it, other labelled faces blanked; and the face's box in it."""
+    x1, y1, x2, y2 = face.box
+    w, h = x2 - x1, y2 - y1
+    H, W = image.shape[:2]  # noqa: N806
+    cx1, cy1 = int(max(0, x1 - 0.4 * w)), int(max(0, y1 - 0.4 * h))
+    cx2, cy2 = int(min(W, x2 + 0.4 * w)), int(min(H, y2 + 0.6 * h))
+    patch = image[cy1:cy2, cx1:cx2].copy()
+    for ox1, oy1, ox2, oy2 in face.others:  # a neighbour's face is not part of this visit
+        if iou(face.box, (ox1, oy1, ox2, oy2)) > 0.5:
+            continue
+        a, b = int(max(0, ox1 - cx1)), int(max(0, oy1 - cy1))
+        c, d = int(min(patch.shape[1], ox2 - cx1)), int(min(patch.shape[0], oy2 - cy1))
+        if c > a and d > b:
+            patch[b:d, a:c] = background
+    return patch, (x1 - cx1, y1 - cy1, x2 - cx1, y2 - cy1)
+
+
+@dataclass
+class Render:
+    size: tuple[int, int] = (640, 480)
+    start: float = 40.0  # face height, px, in the first frame
+    end: float = 150.0  # ... and in the last
+    seconds: float = 3.0
+    fps: float = 15.0
+
+    @property
+    def n_frames(self) -> int:
+        return int(round(self.seconds * self.fps))
+
+
+def render(visit: Visit, r: Render, cache: dict[str, np.ndarray] | None = None
+           ) -> Iterator[tuple[float, np.ndarray, list[Box]]]:
+    """The visit's frames: (video time, BGR frame, each person's labelled face box in the frame)."""
+    from appliance.imaging import read_bgr
+
+    rng = np.random.default_rng(visit.seed)
+    W, H = r.size  # noqa: N806
+    background = tuple(int(v) for v in rng.integers(40, 216, 3))
+    blur = float(rng.uniform(0.0, 1.2))
+    noise = float(rng.uniform(2.0, 7.0))
+    quality = int(rng.integers(45, 91))
+    people = []
+    for k, face in enumerate(visit.faces):
+        image = cache.get(face.image) if cache is not None else None
+        if image is None:
+            image = read_bgr(Path(face.image))
+            if image is None:
+                raise OSError(f"{face.image}: unreadable photo")
+            if cache is not None:
+                cache[face.image] = image
+        patch, box = _cutout(image, face, background)
+        n = len(visit.faces)
+        cx = W * ((k + 1) / (n + 1)) + rng.uniform(-0.06, 0.06) * W
+        people.append({"patch": patch, "box": box, "cx": cx, "cy": H * rng.uniform(0.38, 0.48),
+                       "drift": rng.uniform(-30, 30), "scale": 1.0 if k == 0 else rng.uniform(0.85, 1.0)})
+    n_frames = r.n_frames
+    for i in range(n_frames):
+        frac = i / max(1, n_frames - 1)
+        canvas = np.empty((H, W, 3), np.uint8)
+        canvas[:] = background
+        boxes = []
+        for p in people:
+            x1, y1, x2, y2 = p["box"]
+            height = (r.start + (r.end - r.start) * frac) * p["scale"]
+            s = height / (y2 - y1)
+            patch = cv2.resize(p["patch"], None, fx=s, fy=s, interpolation=cv2.INTER_AREA)
+            # Face centre at (cx, cy), drifting sideways, jittering a pixel or two as a walker does.
+            fx = p["cx"] + p["drift"] * frac + rng.uniform(-2, 2) - (x1 + x2) / 2 * s
+            fy = p["cy"] + rng.uniform(-2, 2) - (y1 + y2) / 2 * s
+            ox, oy = int(round(fx)), int(round(fy))
+            ph, pw = patch.shape[:2]
+            a, b, c, d = max(0, ox), max(0, oy), min(W, ox + pw), min(H, oy + ph)
+            if c > a and d > b:
+                canvas[b:d, a:c] = patch[b - oy:d - oy, a - ox:c - ox]
+            boxes.append((ox + x1 * s, oy + y1 * s, ox + x2 * s, oy + y2 * s))
+        if blur > 0.3:
+            canvas = cv2.GaussianBlur(canvas, (0, 0), blur)
+        canvas = np.clip(canvas + rng.normal(0, noise, canvas.shape), 0, 255).astype(np.uint8)
+        ok, jpeg = cv2.imencode(".jpg", canvas, [cv2.IMWRITE_JPEG_QUALITY, quality])
+        yield i / r.fps, cv2.imdecode(jpeg, cv2.IMREAD_COLOR), boxes
+
+
+FrameFaces = list[list[Verdict]]
+
+
+def judge(visit: Visit, frames: list[tuple[float, list[Verdict]]], policy: Policy) -> Outcome:
+    """Run one visit's faces through a fresh policy in video time."""
+    decisions = []
+    deny_size = None
+    for t, verdicts in frames:
+        d = policy.update(verdicts, t)
+        if d.changed:
+            decisions.append((round(t, 4), d.state))
+            if d.state == DENY and deny_size is None:
+                deny_size = round(max(v.size for v in verdicts), 1) if verdicts else None
+    first_deny = next((t for t, s in decisions if s == DENY), None)
+    first_allow = next((t for t, s in decisions if s == ALLOW), None)
+    first_adequate = next((round(t, 4) for t, vs in frames if any(v.size >= policy.cfg.min_size for v in vs)), None)
+    return Outcome(visit.id, visit.kind, first_deny is not None, first_allow is not None, first_deny, first_allow,
+                   first_adequate, deny_size, sum(s == DENY for _, s in decisions),
+                   first_allow is not None and first_deny is not None and first_allow < first_deny,
+                   sum(1 for _, v in frames if v), decisions)
+
+
+def still_figures(faces: list[SourceFace], pipeline) -> dict[str, dict[str, float]]:
+    """Each source face on its own still photo: found (IoU > 0.3 with a detection), and flagged (not with_mask)."""
+    from appliance.imaging import read_bgr
+    from appliance.sources import Frame
+
+    out: dict[str, dict[str, float]] = {}
+    by_image: dict[str, list[SourceFace]] = defaultdict(list)
+    for f in faces:
+        by_image[f.image].append(f)
+    counts: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
+    for image_path, group in by_image.items():
+        image = read_bgr(Path(image_path))
+        results = pipeline.run(Frame(image, 0.0, 0)) if image is not None else []
+        for f in group:
+            c = counts[f.label]
+            c[0] += 1
+            best = max(results, key=lambda r: iou(r.face.box, f.box), default=None)
+            if best is not None and iou(best.face.box, f.box) > 0.3:
+                c[1] += 1
+                c[2] += best.label != "with_mask"
+    for label, (n, found, flagged) in counts.items():
+        out[label] = {"faces": n, "found": found, "flagged": flagged}
+    return out
+
+
+def summarise(outcomes: list[Outcome]) -> dict[str, dict]:
+    """Per kind: visits, denied, allowed, allow-before-deny, time to first deny (median, p90), deny decisions."""
+    table: dict[str, dict] = {}
+    kinds = sorted({o.kind for o in outcomes}, key=lambda k: (("+" in k), k))
+    for kind in kinds:
+        group = [o for o in outcomes if o.kind == kind]
+        times = [o.first_deny for o in group if o.first_deny is not None]
+        # From the first frame in which a face was large enough to vote: what the policy itself takes.
+        after = [o.first_deny - o.first_adequate for o in group if o.first_deny is not None and
+                 o.first_adequate is not None]
+        sizes = [o.deny_size for o in group if o.deny_size is not None]
+        allows = [o.first_allow for o in group if o.first_allow is not None]
+        table[kind] = {
+            "visits": len(group),
+            "denied": sum(o.denied for o in group),
+            "allowed": sum(o.allowed for o in group),
+            "allow_before_deny": sum(o.allow_before_deny for o in group),
+            "one_deny": sum(o.denies == 1 for o in group),
+            "never_detected": sum(o.detected_frames == 0 for o in group),
+            "deny_median_s": round(float(np.median(times)), 3) if times else None,
+            "deny_p90_s": round(float(np.percentile(times, 90)), 3) if times else None,
+            "deny_after_adequate_median_s": round(float(np.median(after)), 3) if after else None,
+            "deny_face_median_px": round(float(np.median(sizes)), 1) if sizes else None,
+            "allow_median_s": round(float(np.median(allows)), 3) if allows else None,
+        }
+    return table
+
+
+def format_table(table: dict[str, dict], still: dict[str, dict] | None = None) -> str:
+    lines = ["| visit | n | denied | allowed | allow, then deny | one deny | deny median s | deny p90 s | "
+             "deny median s from min_size | face at deny px | allow median s | still photo flagged |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for kind, row in table.items():
+        s = (still or {}).get(kind)
+        shown = f"{s['flagged']}/{s['found']} (found {s['found']}/{s['faces']})" if s else ""
+        lines.append(f"| {kind} | {row['visits']} | {row['denied']}/{row['visits']} | {row['allowed']} | "
+                     f"{row['allow_before_deny']} | {row['one_deny']} | {row['deny_median_s']} | "
+                     f"{row['deny_p90_s']} | {row['deny_after_adequate_median_s']} | {row['deny_face_median_px']} | "
+                     f"{row['allow_median_s']} | {shown} |")
+    return "\n".join(lines)
+
+
+def verdicts_to_json(frames: list[tuple[float, list[Verdict]]]) -> list:
+    # Full precision: a replay must judge exactly the faces the pipeline gave.
+    return [[t, [[*v.box, v.p_without_mask, v.label, v.p_incorrect_mask] for v in vs]] for t, vs in frames]
+
+
+def verdicts_from_json(data: list) -> list[tuple[float, list[Verdict]]]:
+    return [(t, [Verdict(tuple(v[:4]), v[4], v[5], v[6]) for v in vs]) for t, vs in data]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("labels", type=Path, nargs="?", help="a scene set's labels.csv (image_path,x1,y1,x2,y2,label)")
+    parser.add_argument("--split", choices=("val", "train", "all"), default="all",
+                        help="the photos of training/splits.py's split to use (default: all)")
+    parser.add_argument("--config", type=Path, help="appliance config (detector, classifier, policy); default: "
+                        "the built-in defaults")
+    parser.add_argument("--model", type=Path, help="override [classifier] model")
+    parser.add_argument("--threads", type=int, default=1, help="classifier threads (default 1)")
+    parser.add_argument("--max-visits", type=int, default=40, help="one-person visits per label (default 40)")
+    parser.add_argument("--pairs", type=int, default=10, help="two-person visits per pair kind (default 10)")
+    parser.add_argument("--seed", type=int, default=17)
+    parser.add_argument("--fps", type=float, default=15.0)
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--start", type=float, default=40.0, help="face height in the first frame, px")
+    parser.add_argument("--end", type=float, default=150.0, help="face height in the last frame, px (faces smaller "
+                        "than this in their photo are not used)")
+    parser.add_argument("--save-frames", type=Path, help="write every frame's faces (box, p, label) as JSON, to "
+                        "replay other policies with --replay")
+    parser.add_argument("--replay", type=Path, help="judge the faces saved by --save-frames with this config's "
+                        "policy, without running the pipeline")
+    parser.add_argument("--json", type=Path, help="write the figures and every visit's decisions as JSON")
+
+
+def _config(args):
+    from appliance import config as config_mod
+
+    cfg = config_mod.load(args.config)
+    if args.model:
+        cfg.classifier.model = args.model
+    cfg.classifier.threads = args.threads
+    return cfg
+
+
+def run(args: argparse.Namespace) -> int:
+    """`mask-train visits`: the figures table on stdout; a bad config, labels file or replay is one line, exit 1."""
+    from appliance.config import ConfigError
+
+    try:
+        return _run(args)
+    except (ConfigError, OSError, ValueError, KeyError) as exc:
+        print(f"visits: {exc}", file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    started = time.monotonic()
+    if args.replay:
+        saved = json.loads(Path(args.replay).read_text())
+        threshold = saved["threshold"]
+        visits = [Visit(v["id"], v["kind"], [], 0) for v in saved["visits"]]
+        frames = {v["id"]: verdicts_from_json(v["frames"]) for v in saved["visits"]}
+        still = saved.get("still")
+    else:
+        if args.labels is None:
+            print("visits: give a labels.csv, or --replay FILE", file=sys.stderr)
+            return 2
+        from appliance.classifier import load_model
+        from appliance.detector import make_detector
+        from appliance.pipeline import Pipeline
+        from appliance.sources import Frame
+        from training.splits import split_scenes
+
+        labels = read_labels(args.labels)
+        photos = None
+        if args.split != "all":
+            train, val = split_scenes(args.labels)
+            photos = val if args.split == "val" else train
+        faces = source_faces(labels, photos, args.end)
+        visits = plan_visits(faces, args.max_visits, args.pairs, args.seed)
+        if not visits:
+            print(f"visits: no face at least {args.end:g} px tall in {args.labels}", file=sys.stderr)
+            return 1
+        pipeline = Pipeline(make_detector(cfg.detector), load_model(cfg.classifier.model, args.threads),
+                            cfg.classifier.threshold)
+        threshold = pipeline.threshold
+        r = Render(start=args.start, end=args.end, seconds=args.seconds, fps=args.fps)
+        frames = {}
+        photo_cache: dict[str, np.ndarray] = {}
+        for n, visit in enumerate(visits):
+            frames[visit.id] = [(t, [Verdict.of(x) for x in pipeline.run(Frame(image, t, i))])
+                                for i, (t, image, _) in enumerate(render(visit, r, photo_cache))]
+            if len(photo_cache) > 64:
+                photo_cache.clear()
+            if (n + 1) % 25 == 0:
+                log.info("%d/%d visits, %.0f s", n + 1, len(visits), time.monotonic() - started)
+        used = {id(f): f for v in visits for f in v.faces}
+        still = still_figures(list(used.values()), pipeline)
+        if args.save_frames:
+            args.save_frames.write_text(json.dumps({
+                "threshold": threshold, "still": still,
+                "visits": [{"id": v.id, "kind": v.kind, "frames": verdicts_to_json(frames[v.id])} for v in visits]}))
+    outcomes = [judge(v, frames[v.id], Policy(cfg.policy, threshold)) for v in visits]
+    table = summarise(outcomes)
+    print(format_table(table, still))
+    print(f"{len(visits)} visits, {time.monotonic() - started:.0f} s, policy {asdict(cfg.policy)}")
+    if args.json:
+        args.json.write_text(json.dumps({"table": table, "still": still, "policy": asdict(cfg.policy),
+                                         "outcomes": [asdict(o) for o in outcomes]}, indent=1))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.visits", description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
