@@ -24,14 +24,13 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import cv2
 import numpy as np
 
-from appliance.config import ConfigError, opt
+from appliance.config import CollectConfig  # noqa: F401  (declared with the other sections)
 
 log = logging.getLogger(__name__)
 
@@ -45,25 +44,6 @@ NAME = re.compile(r"[0-9]{8}T[0-9]{6}-[0-9]{3}-[0-9a-f]{6}\.jpg")  # what a crop
 # The JSON line keeps these, when the caller gives them, and nothing else.
 FIELDS = ("time", "p_without_mask", "p_incorrect_mask", "label", "decision", "model_sha256", "face_size",
           "track_id", "disagreed")
-
-
-@dataclass
-class CollectConfig:
-    enabled: bool = opt(False, "keep the faces the model is unsure of (a small crop and a JSON line each) for "
-                        "labelling and retraining; off: no face is kept. A shop may need a sign at the door")
-    band: tuple[float, float] = opt((0.15, 0.85), "a face is kept when its p(without_mask) lies in this range (or "
-                                    "its track's votes disagreed)", 0, 1)
-    max_per_hour: int = opt(20, "most faces kept in any hour", 0, 3600)
-    max_files: int = opt(2000, "most crops on disk; the oldest go first", 1, 1_000_000)
-    max_age_days: float = opt(14.0, "crops are deleted this many days after they were taken, also while "
-                              "collection is off", 0.001, 3650)
-
-    def check(self, origin: str) -> None:
-        """What the per-key bounds cannot say: the band's ends in order."""
-        lo, hi = self.band
-        if lo >= hi:
-            raise ConfigError(f"{origin}: [collect] band = [{lo}, {hi}] is not a range (the first value must be "
-                              "the smaller)")
 
 
 class Deferrer(Protocol):

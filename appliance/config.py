@@ -142,6 +142,51 @@ class ServiceConfig:
 
 
 @dataclass
+class MqttConfig:
+    host: str = opt("", "MQTT broker host name or address; empty: MQTT off")
+    port: int = opt(1883, "MQTT broker port (8883 is the usual one with TLS)", 1, 65535)
+    username: str = opt("", "user name at the broker; empty: none")
+    password_file: Path | None = opt(None, "file whose first line is the broker password; unset: none")
+    tls_ca: Path | None = opt(None, "CA certificate (PEM) the broker's certificate is checked against; set: TLS")
+    client_id: str = opt("", "MQTT client id, unique on the broker; empty: mask-appliance-<hostname>")
+    topic_prefix: str = opt("", "topics start with this; empty: mask-appliance/<hostname>")
+    discovery_prefix: str = opt("homeassistant", "Home Assistant discovery prefix; empty: no discovery")
+    retain_state: bool = opt(True, "the broker keeps the last state, so a new subscriber sees it at once")
+    queue: int = opt(1000, "messages waiting for the broker at most; more are shed (counted and logged; events "
+                     "shed are sent again from the event log)", 10, 1000000)
+    backlog: int = opt(1000, "events from the log sent at most when the broker returns (oldest first)", 0, 1000000)
+
+
+@dataclass
+class HttpConfig:
+    listen: str = opt("", 'address:port that serves /metrics, /status.json and the status page, e.g. '
+                      '"127.0.0.1:8080" or "0.0.0.0:8080"; empty: no server, nothing listens')
+    token_file: Path | None = opt(None, "file whose first line is a token every request must carry (header "
+                                  "'Authorization: Bearer TOKEN', or ?token=TOKEN on the page's address); unset: none")
+    snapshot: bool = opt(False, "the page shows the latest frame, once a second, faces blurred unless [events] "
+                         "save_faces is on")
+
+
+@dataclass
+class CollectConfig:
+    enabled: bool = opt(False, "keep the faces the model is unsure of (a small crop and a JSON line each) for "
+                        "labelling and retraining; off: no face is kept. A shop may need a sign at the door")
+    band: tuple[float, float] = opt((0.15, 0.85), "a face is kept when its p(without_mask) lies in this range (or "
+                                    "its track's votes disagreed)", 0, 1)
+    max_per_hour: int = opt(20, "most faces kept in any hour", 0, 3600)
+    max_files: int = opt(2000, "most crops on disk; the oldest go first", 1, 1_000_000)
+    max_age_days: float = opt(14.0, "crops are deleted this many days after they were taken, also while "
+                              "collection is off", 0.001, 3650)
+
+    def check(self, origin: str) -> None:
+        """What the per-key bounds cannot say: the band's ends in order."""
+        lo, hi = self.band
+        if lo >= hi:
+            raise ConfigError(f"{origin}: [collect] band = [{lo}, {hi}] is not a range (the first value must be "
+                              "the smaller)")
+
+
+@dataclass
 class Config:
     source: SourceConfig = field(default_factory=SourceConfig)
     detector: DetectorConfig = field(default_factory=DetectorConfig)
@@ -150,6 +195,9 @@ class Config:
     gpio: GpioConfig = field(default_factory=GpioConfig)
     events: EventsConfig = field(default_factory=EventsConfig)
     service: ServiceConfig = field(default_factory=ServiceConfig)
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
+    collect: CollectConfig = field(default_factory=CollectConfig)
 
 
 def _check(origin: str, key: str, value: Any, hint: Any, meta: dict) -> Any:
@@ -275,6 +323,15 @@ def validate(cfg: Config, origin: str) -> None:
     if cfg.source.reconnect_min > cfg.source.reconnect_max:
         raise ConfigError(f"{origin}: [source] reconnect_min = {cfg.source.reconnect_min} is more than "
                           f"reconnect_max = {cfg.source.reconnect_max}")
+    cfg.collect.check(origin)
+    if cfg.mqtt.host:  # the outputs' own checks import their libraries: only when they are on
+        from appliance import mqtt
+
+        mqtt.check(cfg.mqtt, origin)
+    if cfg.http.listen:
+        from appliance import web
+
+        web.check(cfg.http, origin)
     if not cfg.classifier.model.is_file():
         raise ConfigError(f"{origin}: [classifier] model = '{cfg.classifier.model}' does not exist")
 

@@ -24,7 +24,6 @@ import socket
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,21 +31,13 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 from appliance import __version__
+from appliance.config import ConfigError, MqttConfig
 
 log = logging.getLogger(__name__)
 
 
-def opt(default: Any, help: str, lo: float | None = None, hi: float | None = None) -> Any:  # noqa: A002
-    """appliance.config.opt's contract (the default, a one-line help and bounds in the field's metadata), kept
-    here because config.py imports this module for its [mqtt] section: importing config back would be a cycle
-    (tests/test_mqtt.py checks the two agree)."""
-    return field(default=default, metadata={"help": help, "lo": lo, "hi": hi})
 
 
-def _config_error(message: str) -> Exception:
-    from appliance.config import ConfigError  # late, for the same reason
-
-    return ConfigError(message)
 
 STATE_EVERY = 30.0  # seconds: Home Assistant and collectors see a fresh state at least this often
 FIRST_STATUS_WAIT = 5.0  # seconds the first discovery waits for the service's first status (it comes at start)
@@ -54,39 +45,23 @@ EVENT_KINDS = ("decision", "fault", "model")
 _TOPIC_BAD = re.compile(r"[#+\x00]")
 
 
-@dataclass
-class MqttConfig:
-    host: str = opt("", "MQTT broker host name or address; empty: MQTT off")
-    port: int = opt(1883, "MQTT broker port (8883 is the usual one with TLS)", 1, 65535)
-    username: str = opt("", "user name at the broker; empty: none")
-    password_file: Path | None = opt(None, "file whose first line is the broker password; unset: none")
-    tls_ca: Path | None = opt(None, "CA certificate (PEM) the broker's certificate is checked against; set: TLS")
-    client_id: str = opt("", "MQTT client id, unique on the broker; empty: mask-appliance-<hostname>")
-    topic_prefix: str = opt("", "topics start with this; empty: mask-appliance/<hostname>")
-    discovery_prefix: str = opt("homeassistant", "Home Assistant discovery prefix; empty: no discovery")
-    retain_state: bool = opt(True, "the broker keeps the last state, so a new subscriber sees it at once")
-    queue: int = opt(1000, "messages waiting for the broker at most; more are shed (counted and logged; events "
-                     "shed are sent again from the event log)", 10, 1000000)
-    backlog: int = opt(1000, "events from the log sent at most when the broker returns (oldest first)", 0, 1000000)
-
-
 def check(cfg: MqttConfig, origin: str) -> None:
     """ConfigError naming the key and value for what the types alone cannot catch."""
     if not cfg.host:
         return
     if any(c.isspace() for c in cfg.host):
-        raise _config_error(f"{origin}: [mqtt] host = {cfg.host!r} is not a host name or address")
+        raise ConfigError(f"{origin}: [mqtt] host = {cfg.host!r} is not a host name or address")
     for key in ("topic_prefix", "discovery_prefix"):
         value = getattr(cfg, key)
         if _TOPIC_BAD.search(value) or value.startswith("/") or value.endswith("/"):
-            raise _config_error(f"{origin}: [mqtt] {key} = {value!r} is not a topic prefix (no +, #, leading or "
+            raise ConfigError(f"{origin}: [mqtt] {key} = {value!r} is not a topic prefix (no +, #, leading or "
                               "trailing /)")
     for key in ("password_file", "tls_ca"):
         path = getattr(cfg, key)
         if path is not None and not Path(path).is_file():
-            raise _config_error(f"{origin}: [mqtt] {key} = '{path}' does not exist")
+            raise ConfigError(f"{origin}: [mqtt] {key} = '{path}' does not exist")
     if cfg.password_file is not None and not cfg.username:
-        raise _config_error(f"{origin}: [mqtt] password_file = '{cfg.password_file}' is set but username is empty")
+        raise ConfigError(f"{origin}: [mqtt] password_file = '{cfg.password_file}' is set but username is empty")
 
 
 def _slug(text: str) -> str:
@@ -493,9 +468,9 @@ def from_config(cfg: MqttConfig, events: Any = None, *, hostname: str | None = N
         try:
             password = next(iter(Path(cfg.password_file).read_text().splitlines()), "")
         except OSError as exc:
-            raise _config_error(f"[mqtt] password_file = '{cfg.password_file}': cannot read ({exc.strerror})") from None
+            raise ConfigError(f"[mqtt] password_file = '{cfg.password_file}': cannot read ({exc.strerror})") from None
     try:
         output = MqttOutput(cfg, events=events, password=password, hostname=hostname)
     except OSError as exc:  # ssl.SSLError too: a tls_ca that is no CA certificate
-        raise _config_error(f"[mqtt] tls_ca = '{cfg.tls_ca}': cannot be used ({exc})") from None
+        raise ConfigError(f"[mqtt] tls_ca = '{cfg.tls_ca}': cannot be used ({exc})") from None
     return output.start()

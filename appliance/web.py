@@ -24,7 +24,6 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
 from datetime import date, datetime
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -32,22 +31,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from appliance.config import ConfigError, HttpConfig
 from appliance.metrics import CONTENT_TYPE, Metrics
 
 log = logging.getLogger(__name__)
 
 
-def opt(default: Any, help: str, lo: float | None = None, hi: float | None = None) -> Any:  # noqa: A002
-    """appliance.config.opt's contract (the default, a one-line help and bounds in the field's metadata), kept
-    here because config.py imports this module for its [http] section: importing config back would be a cycle
-    (tests/test_web.py checks the two agree)."""
-    return field(default=default, metadata={"help": help, "lo": lo, "hi": hi})
 
 
-def _config_error(message: str) -> Exception:
-    from appliance.config import ConfigError  # late, for the same reason
-
-    return ConfigError(message)
 
 MAX_CONNECTIONS = 32  # open connections at once; more are closed at once (a Pi has little memory for threads)
 CLIENT_TIMEOUT = 10.0  # seconds a client may take to send its request or read the answer
@@ -55,22 +46,12 @@ RECENT = 12  # decisions shown on the page
 SNAPSHOT_EVERY = 1.0  # seconds between frames kept for /snapshot.jpg
 
 
-@dataclass
-class HttpConfig:
-    listen: str = opt("", 'address:port that serves /metrics, /status.json and the status page, e.g. '
-                      '"127.0.0.1:8080" or "0.0.0.0:8080"; empty: no server, nothing listens')
-    token_file: Path | None = opt(None, "file whose first line is a token every request must carry (header "
-                                  "'Authorization: Bearer TOKEN', or ?token=TOKEN on the page's address); unset: none")
-    snapshot: bool = opt(False, "the page shows the latest frame, once a second, faces blurred unless [events] "
-                         "save_faces is on")
-
-
 def parse_listen(value: str, origin: str = "<config>") -> tuple[str, int]:
     """("host", port) from "host:port" or "[v6]:port"; ConfigError naming the key otherwise."""
     host, sep, port = value.rpartition(":")
     host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535 or any(c.isspace() for c in host):
-        raise _config_error(f"{origin}: [http] listen = {value!r} is not address:port (e.g. \"127.0.0.1:8080\")")
+        raise ConfigError(f"{origin}: [http] listen = {value!r} is not address:port (e.g. \"127.0.0.1:8080\")")
     return host, int(port)
 
 
@@ -80,9 +61,9 @@ def check(cfg: HttpConfig, origin: str) -> None:
     parse_listen(cfg.listen, origin)
     if cfg.token_file is not None:
         if not Path(cfg.token_file).is_file():
-            raise _config_error(f"{origin}: [http] token_file = '{cfg.token_file}' does not exist")
+            raise ConfigError(f"{origin}: [http] token_file = '{cfg.token_file}' does not exist")
         if not _read_token(cfg.token_file):
-            raise _config_error(f"{origin}: [http] token_file = '{cfg.token_file}' is empty")
+            raise ConfigError(f"{origin}: [http] token_file = '{cfg.token_file}' is empty")
 
 
 def _read_token(path: Path) -> str:
@@ -460,13 +441,13 @@ def from_config(cfg: HttpConfig, events: Any = None, *, save_faces: bool = False
     try:
         token = _read_token(cfg.token_file) if cfg.token_file is not None else None
     except OSError as exc:
-        raise _config_error(f"[http] token_file = '{cfg.token_file}': cannot read ({exc.strerror})") from None
+        raise ConfigError(f"[http] token_file = '{cfg.token_file}': cannot read ({exc.strerror})") from None
     if token == "":
-        raise _config_error(f"[http] token_file = '{cfg.token_file}' is empty")
+        raise ConfigError(f"[http] token_file = '{cfg.token_file}' is empty")
     database = getattr(events, "path", None)
     try:
         server = StatusServer(host, port, token=token, database=database, snapshot=cfg.snapshot,
                               blur_faces=not save_faces)
     except OSError as exc:  # port taken, address not on this machine, a port under 1024 without the right
-        raise _config_error(f"[http] listen = {cfg.listen!r}: cannot listen there ({exc.strerror or exc})") from None
+        raise ConfigError(f"[http] listen = {cfg.listen!r}: cannot listen there ({exc.strerror or exc})") from None
     return server.start()
