@@ -87,6 +87,28 @@ class DoorController:
         elif decision != DENY:
             self.buzzer.off()
 
+    @staticmethod
+    def wiring(cfg: GpioConfig) -> tuple:
+        """What the devices are built from: a change here needs new devices; anything else is changed in place."""
+        return (cfg.relay_pin, cfg.relay_active_high, cfg.buzzer_pin, cfg.buzzer_active_high, cfg.green_pin,
+                cfg.red_pin, cfg.rgb_pins)
+
+    def reconfigure(self, cfg: GpioConfig, mode: str) -> bool:
+        """Take a reloaded [gpio] and mode in place, pins untouched unless their meaning changed; False when the
+        wiring changed and new devices are needed (see `carry_from`)."""
+        if self.wiring(cfg) != self.wiring(self.cfg):
+            return False
+        was_failed = self.door == self.fail_state and self.decision == IDLE
+        self.cfg, self.mode = cfg, mode
+        self.fail_state = RELEASED if cfg.fail == "safe" else LOCKED
+        # relay_energized may have changed what the same pin level means: drive the pin for the door it shows.
+        self._set_door(self.fail_state if was_failed else self.door)
+        return True
+
+    def carry_from(self, old: DoorController) -> None:
+        """New devices for a changed wiring keep the old ones' buzzer cool-down: a reload never beeps again."""
+        self._last_alarm = old._last_alarm
+
     def fail(self) -> None:
         """The defined state for start, stop, crash, a lost camera and the watchdog: fail state, quiet, dark."""
         self.decision = IDLE

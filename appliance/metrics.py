@@ -52,6 +52,9 @@ class Metrics:
                                 registry=r)
         self.last_frame = Gauge(f"{PREFIX}_last_frame_timestamp_seconds",
                                 "When the last frame reached the outputs (epoch s)", registry=r)
+        self.collect = Gauge(f"{PREFIX}_collect_faces", "Hard examples kept for labelling, and faces passed over, "
+                             "by outcome (collected, skipped_band, skipped_rate, skipped_repeat, failed, pruned)",
+                             ["outcome"], registry=r)
         self.stage = Histogram(f"{PREFIX}_stage_seconds", "Time per frame spent in each stage", ["stage"],
                                buckets=STAGE_BUCKETS, registry=r)
         for label in LABELS:  # a series that exists at zero lets rate() see its first increase
@@ -104,6 +107,9 @@ class Metrics:
             self.camera_up.set(0 if status["camera_lost"] else 1)
         if isinstance(status.get("fps"), int | float):
             self.fps.set(status["fps"])
+        for outcome, n in (status.get("collect") or {}).items():
+            if isinstance(n, int | float) and not isinstance(n, bool):  # enabled/paused are flags, not counts
+                self.collect.labels(outcome).set(n)
 
     def on_frame(self, frame: dict) -> None:
         with self._lock:

@@ -69,6 +69,13 @@ class Track:
     max_size: float = 0.0
     frames: int = 0
     state: str = UNKNOWN
+    flagged: float = 0.0  # every vote's weight for "not properly masked", never capped (for collection)
+    cleared: float = 0.0  # ... and against it
+
+    @property
+    def disagreed(self) -> bool:
+        """The model changed its mind on this face: at least one full vote each way (worth a person's label)."""
+        return min(self.flagged, self.cleared) >= 1.0
 
     @property
     def size(self) -> float:
@@ -81,6 +88,7 @@ class Decision:
     t: float
     changed: bool
     tracks: list[Track] = field(default_factory=list)
+    faces: list[Track] = field(default_factory=list)  # the track of each face passed to update(), in that order
 
     @property
     def unmasked(self) -> int:
@@ -141,6 +149,10 @@ class Policy:
         cap = cfg.deny_evidence + cfg.allow_evidence
         track.score = max(-cap, min(cap, track.score + (w if flagged else -w)))
         if flagged:
+            track.flagged += w
+        else:
+            track.cleared += w
+        if flagged:
             if incorrect:
                 track.incorrect += w
             else:
@@ -152,12 +164,13 @@ class Policy:
         elif track.score <= -cfg.allow_evidence and track.max_size >= cfg.allow_size:
             track.state = MASKED
 
-    def _match(self, verdicts: list[Verdict], t: float) -> None:
+    def _match(self, verdicts: list[Verdict], t: float) -> list[Track]:
         # Tracks unseen for too long end first, so that a face that comes later never continues them.
         self.tracks = [tr for tr in self.tracks if t - tr.last_seen <= self.cfg.track_timeout]
         pairs = sorted(((iou(tr.box, v.box), i, j) for i, tr in enumerate(self.tracks)
                         for j, v in enumerate(verdicts)), reverse=True)
         used_tracks, used_verdicts = set(), set()
+        faces: list[Track | None] = [None] * len(verdicts)
         for overlap, i, j in pairs:
             if overlap < self.cfg.track_iou:
                 break
@@ -169,16 +182,19 @@ class Policy:
             before = track.size
             track.box, track.last_seen = v.box, t
             self._vote(track, v, before)
+            faces[j] = track
         for j, v in enumerate(verdicts):
             if j not in used_verdicts:
                 track = Track(next(self._ids), v.box, t)
                 self._vote(track, v, None)
                 self.tracks.append(track)
+                faces[j] = track
+        return faces  # type: ignore[return-value]  (every slot is filled above)
 
     def update(self, verdicts: list[Any], t: float) -> Decision:
         """Feed one frame's faces (Verdicts or pipeline FaceResults), taken at time t (seconds), and get the door
         decision."""
-        self._match([Verdict.of(v) for v in verdicts], t)
+        faces = self._match([Verdict.of(v) for v in verdicts], t)
         present = self.tracks
         if any(tr.state in (UNMASKED, INCORRECT) for tr in present):
             self._last_deny = t
@@ -192,4 +208,4 @@ class Policy:
             state = IDLE
         changed = state != self.state
         self.state = state
-        return Decision(state, t, changed, list(present))
+        return Decision(state, t, changed, list(present), faces)

@@ -331,3 +331,87 @@ def test_a_replayed_video_decides_the_same_at_the_same_video_times_fast_or_paced
     assert fast_clock == "video timestamps, read as fast as they decode"
     assert paced_clock == "video timestamps, paced to real time"
     assert "clock: video timestamps, paced to real time" in caplog.text
+
+
+def test_collection_keeps_the_classifier_crops_of_unsure_faces_under_its_hourly_cap(model_dir, tmp_path):
+    images = scene_images("without_mask", limit=2) + scene_images("with_mask", limit=2)
+    off = make_service(model_dir, tmp_path / "off")
+    off.run(ImageSource(images, still_frames=6))
+    assert not (tmp_path / "off" / "collect").exists()  # off by default: nothing kept
+    # band [0, 1]: every face is "unsure", so only the caps decide: one crop a track, two an hour.
+    service = make_service(model_dir, tmp_path, collect={"enabled": True, "band": [0.0, 1.0], "max_per_hour": 2})
+    service.run(ImageSource(images, still_frames=6))
+    folder = tmp_path / "collect"
+    crops = sorted(folder.glob("*.jpg"))
+    lines = [json.loads(line) for line in (folder / "index.jsonl").read_text().splitlines()]
+    assert len(crops) == 2 and sorted(line["file"] for line in lines) == [p.name for p in crops]
+    size = service.pipeline.classifier.input_size
+    import cv2
+
+    assert all(cv2.imread(str(p)).shape == (size, size, 3) for p in crops)  # the crop the classifier saw
+    assert len({line["track_id"] for line in lines}) == 2
+    assert all(line["model_sha256"] == service.pipeline.classifier.sha256 and line["face_size"] >= 80
+               and 0.0 <= line["p_without_mask"] <= 1.0 for line in lines)
+    counts = json.loads((tmp_path / "status.json").read_text())["collect"]
+    assert counts["enabled"] is True and counts["collected"] == 2
+    # the two tracks that gave a crop offered 5 more frames each; the other tracks were over the cap at every frame
+    assert counts["skipped_repeat"] >= 2 * 5 and counts["skipped_rate"] >= 2 * 6
+
+
+def test_a_bad_live_pair_at_start_falls_back_to_the_previous_pair_loudly(model_dir, tmp_path):
+    live = model_dir / "mask_classifier.tflite"
+    for suffix in (".tflite", ".json"):
+        shutil.copy(live.with_suffix(suffix), model_dir / f"mask_classifier.previous{suffix}")
+    card = json.loads(live.with_suffix(".json").read_text())
+    good_sha = card["sha256"]
+    card["sha256"] = "ab" * 32  # the card of another model beside this one
+    live.with_suffix(".json").write_text(json.dumps(card))
+    service = make_service(model_dir, tmp_path)  # used to refuse to start here
+    assert service.pipeline.classifier.sha256 == good_sha
+    assert service.model_fallback and "mask_classifier.previous.tflite" in service.model_fallback
+    service.run(ImageSource(scene_images("without_mask", limit=1), still_frames=8))
+    assert True in history(RELAY)  # it left the fail state and decided on frames
+    fault = [e for e in events(tmp_path, "fault") if e.get("what") == "model refused at start"]
+    assert len(fault) == 1 and fault[0]["running"].endswith("mask_classifier.previous.tflite")
+    assert "does not match" in fault[0]["reason"] and fault[0]["sha256"] == good_sha
+    assert events(tmp_path, "start")[0]["model_fallback"] == service.model_fallback
+    assert json.loads((tmp_path / "status.json").read_text())["model_fallback"] == service.model_fallback
+    # The poll still watches the live pair: a good push there ends the fallback.
+    service = make_service(model_dir, tmp_path / "third")
+    thread = _run_in_background(service, ImageSource(scene_images("with_mask", limit=1), still_frames=100000))
+    try:
+        _wait_for(lambda: service.frames > 3)
+        tmp = model_dir / "incoming.json"
+        tmp.write_text(json.dumps({**card, "sha256": good_sha}))
+        os.replace(tmp, live.with_suffix(".json"))
+        _wait_for(lambda: service.model_fallback is None)
+    finally:
+        service.stop()
+        thread.join(30)
+    assert [e["what"] for e in events(tmp_path / "third", "model")] == ["model swapped"]
+    assert json.loads((tmp_path / "third" / "status.json").read_text())["model_fallback"] is None
+    live.with_suffix(".json").write_text(json.dumps(card))  # the live pair mismatched again ...
+    (model_dir / "mask_classifier.previous.tflite").write_bytes(b"not a model either")  # ... and no good previous
+    with pytest.raises(Exception, match="does not match"):  # neither pair loads: no start, the live pair's error
+        make_service(model_dir, tmp_path / "second")
+
+
+def test_a_forced_push_is_marked_in_the_start_and_swap_events(model_dir, tmp_path):
+    card_path = model_dir / "mask_classifier.json"
+    card = json.loads(card_path.read_text())
+    push = {"forced": True, "reason": "gate waived for a hotfix", "time": 1700000000.0, "by": "ops"}
+    card_path.write_text(json.dumps({**card, "push": push}))
+    service = make_service(model_dir, tmp_path)
+    thread = _run_in_background(service, ImageSource(scene_images("with_mask", limit=1), still_frames=100000))
+    try:
+        _wait_for(lambda: service.frames > 3)
+        tmp = model_dir / "incoming.json"
+        tmp.write_text(json.dumps({**card, "push": {**push, "reason": "again"}}))
+        os.replace(tmp, card_path)  # a re-push of the same pair, forced
+        _wait_for(lambda: any(e.get("what") == "model swapped" for e in events(tmp_path, "model")))
+    finally:
+        service.stop()
+        thread.join(30)
+    assert events(tmp_path, "start")[0]["forced_push"] == push
+    swapped = [e for e in events(tmp_path, "model") if e.get("what") == "model swapped"][0]
+    assert swapped["forced_push"]["reason"] == "again"

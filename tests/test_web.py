@@ -274,3 +274,5 @@ def test_the_service_serves_metrics_that_match_its_event_log(model_dir, tmp_path
     assert m[("mask_appliance_model_info", (("model", str(model_dir / "mask_classifier.tflite")),
                                             ("sha256", service.pipeline.classifier.sha256)))] == 1
     assert status["model_sha256"] == service.pipeline.classifier.sha256 and status["frames"] <= 48
+    assert status["skipped"] == 0 and status["status_interval"] == 0.5 and status["model_fallback"] is None
+    assert m[("mask_appliance_collect_faces", (("outcome", "collected"),))] == status["collect"]["collected"] == 0

@@ -1,0 +1,139 @@
+"""The live model pair on disk: load it at start (falling back to the previous pair), then poll it for a new push.
+
+mask-deploy puts a new pair in place by two renames (card, then model, or the other way round), so a poll can fall
+between them and see a new card beside the old model. Such a half-written pair is "not yet": it is checked again at
+the next poll and refused (once) only if it stays mismatched for MISMATCH_POLLS polls in a row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from appliance.card import card_path_for
+from appliance.classifier import MaskClassifier, load_model
+
+log = logging.getLogger("appliance.service")
+
+# Polls in a row a changed pair may stay mismatched (card and model sha256 disagree) before it is refused. A push's
+# two renames are milliseconds apart; three polls (6 s at the default model_poll) is far more than that.
+MISMATCH_POLLS = 3
+
+
+@dataclass(frozen=True)
+class FileStamp:
+    """Inode, size and mtime of the model and of its card: a push (a rename) changes at least one."""
+
+    model: tuple | None
+    card: tuple | None
+
+    @classmethod
+    def of(cls, path: Path) -> FileStamp:
+        def one(p: Path) -> tuple | None:
+            try:
+                st = p.stat()
+                return (st.st_ino, st.st_size, st.st_mtime_ns)
+            except FileNotFoundError:
+                return None
+
+        return cls(one(path), one(card_path_for(path)))
+
+    @property
+    def complete(self) -> bool:
+        return self.model is not None and self.card is not None
+
+
+def pair_matches(path: Path) -> bool:
+    """True when the card beside `path` names the sha256 of the model's bytes (a whole pair, old or new)."""
+    try:
+        card = json.loads(card_path_for(path).read_text())
+        return isinstance(card, dict) and card.get("sha256") == hashlib.sha256(path.read_bytes()).hexdigest()
+    except (OSError, ValueError):
+        return False
+
+
+def forced_push(model_path: Path) -> dict[str, Any] | None:
+    """The card's "push" entry when mask-deploy pushed this pair with --force, else None."""
+    try:
+        push = json.loads(card_path_for(model_path).read_text()).get("push")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return push if isinstance(push, dict) and push.get("forced") is True else None
+
+
+def previous_of(live: Path) -> Path:
+    return live.with_name(f"{live.stem}.previous{live.suffix}")
+
+
+class ModelWatcher:
+    """Loads the start model (live pair, else the previous pair, loudly) and polls the live pair for pushes.
+
+    `record` is EventLog.record. `poll()` returns a newly loaded model to swap in, or None; it never raises.
+    """
+
+    def __init__(self, path: Path, threads: int, poll_every: float, record: Callable[..., None]):
+        self.path, self.threads, self.poll_every, self.record = Path(path), threads, poll_every, record
+        self.fallback: str | None = None  # why the previous pair runs, while it does
+        self.incomplete = 0  # half-written pairs seen (polls answered "not yet")
+        self._stamp = FileStamp.of(self.path)
+        self._mismatched = 0  # polls in a row the changed pair has been mismatched
+        self._next = 0.0
+
+    def load_start(self) -> MaskClassifier:
+        """The live model; if it does not load, the previous pair with a fault; if neither, the live one's error."""
+        live = self.path
+        self.fallback = None
+        try:
+            return load_model(live, self.threads)
+        except Exception as exc:  # any failure of the live pair: try the pair mask-deploy kept
+            previous = previous_of(live)
+            try:
+                model = load_model(previous, self.threads)
+            except Exception:
+                raise exc from None  # neither loads: refuse to start, as the live pair's own error
+            self.fallback = f"{live.name} refused at start ({exc}); running {previous.name}"
+            log.error("%s", self.fallback)
+            self.record("fault", None, what="model refused at start", model=str(live), reason=str(exc),
+                        running=str(previous), sha256=model.sha256)
+            return model
+
+    def retarget(self, path: Path, threads: int, poll_every: float) -> None:
+        """A reload changed [classifier] model/threads or [service] model_poll: watch the new values."""
+        self.path, self.threads, self.poll_every = Path(path), threads, poll_every
+        self._stamp, self._mismatched = FileStamp.of(self.path), 0
+
+    def set_poll(self, every: float) -> None:
+        """A reload changed [service] model_poll: the next poll comes no later than `every` from now."""
+        self.poll_every = every
+        self._next = min(self._next, time.monotonic() + every)
+
+    def poll(self, kept_sha256: str) -> MaskClassifier | None:
+        """At most once per poll_every: a new, whole, loadable pair as a model, else None (refusals recorded)."""
+        now = time.monotonic()
+        if now < self._next:
+            return None
+        self._next = now + self.poll_every
+        stamp = FileStamp.of(self.path)
+        if stamp == self._stamp or not stamp.complete:
+            self._mismatched = 0
+            return None
+        if not pair_matches(self.path):
+            self._mismatched += 1
+            if self._mismatched < MISMATCH_POLLS:
+                self.incomplete += 1
+                log.info("%s: card and model disagree, perhaps mid-push; checking again at the next poll", self.path)
+                return None
+        self._mismatched = 0
+        self._stamp = stamp  # refused or swapped, this version is done with
+        try:
+            return load_model(self.path, self.threads)
+        except Exception as exc:  # any failure to load is a refusal, never a crash
+            self.record("fault", None, what="model refused", model=str(self.path), reason=str(exc),
+                        kept=kept_sha256)
+            return None
