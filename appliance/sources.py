@@ -20,6 +20,9 @@ from appliance.imaging import IMAGE_SUFFIXES, read_bgr
 
 log = logging.getLogger(__name__)
 
+OPEN_TIMEOUT_MS = 5000  # a camera or stream that takes longer to open is retried with back-off
+READ_TIMEOUT_MS = 5000  # a stream that delivers nothing this long counts as lost
+
 
 @dataclass
 class Frame:
@@ -138,7 +141,10 @@ class VideoSource:
 
     def _open(self) -> bool:
         target: int | str = int(self.spec) if self.spec.isdigit() else self.spec
-        self._cap = cv2.VideoCapture(target)
+        # A stream that stops answering must not hold a read (or the open) for OpenCV's default 30 s: bounded,
+        # the read fails, the source reconnects with back-off, and a stop is not kept waiting.
+        timeouts = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, OPEN_TIMEOUT_MS, cv2.CAP_PROP_READ_TIMEOUT_MSEC, READ_TIMEOUT_MS]
+        self._cap = cv2.VideoCapture(target, cv2.CAP_ANY, timeouts)
         if self.cfg.fps:
             self._cap.set(cv2.CAP_PROP_FPS, self.cfg.fps)
         return self._cap.isOpened()

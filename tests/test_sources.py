@@ -169,3 +169,27 @@ def test_the_ssd_detector_finds_the_faces_yunet_finds():
     assert ssd and yunet
     assert all(0 < f.score <= 1 and f.box[0] < f.box[2] and f.box[1] < f.box[3] for f in ssd)
     assert any(iou(a.box, b.box) > 0.5 for a in ssd for b in yunet)
+
+
+def test_a_stream_that_accepts_and_never_answers_is_given_up_on_within_the_open_timeout(monkeypatch):
+    """A hung network camera: the connection is accepted, then nothing. OpenCV would wait 30 s by default."""
+    import socket
+
+    from appliance import sources
+
+    monkeypatch.setattr(sources, "OPEN_TIMEOUT_MS", 500)
+    monkeypatch.setattr(sources, "READ_TIMEOUT_MS", 500)
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    held: list[socket.socket] = []
+    threading.Thread(target=lambda: held.append(server.accept()[0]), daemon=True).start()
+    source = VideoSource(f"http://127.0.0.1:{server.getsockname()[1]}/stream.mjpg", SourceConfig())
+    started = time.monotonic()
+    opened = source._open()
+    waited = time.monotonic() - started
+    server.close()
+    for conn in held:
+        conn.close()
+    assert not opened
+    assert waited < 5, f"open waited {waited:.1f} s for a stream that never answers"
