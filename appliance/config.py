@@ -45,7 +45,8 @@ class SourceConfig:
     spec: str = opt("picamera2", "picamera2, a camera index or /dev/videoN, rtsp:// or http:// URL, video file, "
                     "image folder or glob")
     main_size: tuple[int, int] = opt((1280, 960), "picamera2 main stream (faces are cropped from it)", 16, 8192)
-    lores_size: tuple[int, int] = opt((480, 360), "picamera2 low-resolution stream (faces are detected on it)", 16,
+    lores_size: tuple[int, int] = opt((512, 384), "picamera2 low-resolution stream (faces are detected on it); "
+                                      "Picamera2 aligns YUV420 widths down to a multiple of 64", 16,
                                       8192)
     still_frames: int = opt(5, "frames each still image is shown for, as if a person stood before the camera that "
                             "long (image folders only)", 1, 1000)

@@ -244,6 +244,12 @@ class Picamera2Source:
             lores={"size": tuple(cfg.lores_size), "format": "YUV420"},
             controls={"FrameRate": cfg.fps} if cfg.fps else {},
         )
+        # The ISP wants each plane's width a multiple of 32 bytes (YUV420: 64 pixels): Picamera2's own rule.
+        self._cam.align_configuration(config)
+        for name, asked in (("main", cfg.main_size), ("lores", cfg.lores_size)):
+            got = tuple(config[name]["size"])
+            if got != tuple(asked):
+                log.info("picamera2: %s_size %dx%d aligned to %dx%d", name, *asked, *got)
         self._cam.configure(config)
         self._cam.start()
 

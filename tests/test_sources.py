@@ -121,10 +121,23 @@ class FakePicamera2:
         self.started = False
         FakePicamera2.instances.append(self)
 
+    # Picamera2's own rule (picamera2/configuration.py, align(optimal=True)): every plane a multiple of 32 bytes
+    # wide, so YUV420 widths are multiples of 64 (the chroma planes are half as wide), RGB888 of 32.
+    ALIGN = {"YUV420": 64, "RGB888": 32}
+
     def create_video_configuration(self, main, lores, controls):
-        return {"main": main, "lores": lores, "controls": controls}
+        return {"main": dict(main), "lores": dict(lores), "controls": controls}
+
+    def align_configuration(self, config):
+        for name in ("main", "lores"):
+            w, h = config[name]["size"]
+            config[name]["size"] = (w - w % self.ALIGN[config[name]["format"]], h - h % 2)
 
     def configure(self, config):
+        for name in ("main", "lores"):  # as libcamera on a Pi refuses (or silently pads) an unaligned stream
+            w, h = config[name]["size"]
+            if w % self.ALIGN[config[name]["format"]] or h % 2:
+                raise RuntimeError(f"{name} stream {w}x{h} is not aligned for {config[name]['format']}")
         self.config = config
 
     def start(self):
@@ -157,6 +170,19 @@ def test_picamera2_detects_on_lores_and_crops_from_main(monkeypatch):
     assert any(f.label == "without_mask" for f in faces)
     source.close()
     assert FakePicamera2.instances[-1].started is False
+
+
+def test_picamera2_streams_are_aligned_as_picamera2_requires(monkeypatch, caplog):
+    monkeypatch.setitem(sys.modules, "picamera2", types.SimpleNamespace(Picamera2=FakePicamera2))
+    caplog.set_level("INFO", logger="appliance.sources")
+    source = open_source(SourceConfig(lores_size=(480, 360)), "picamera2")  # the default before 512x384
+    camera = FakePicamera2.instances[-1]
+    assert camera.config["main"]["size"] == (1280, 960)
+    assert camera.config["lores"]["size"] == (448, 360)  # 480 is no multiple of 64
+    assert "lores_size 480x360 aligned to 448x360" in caplog.text
+    frame = next(source.frames())
+    assert frame.lores.shape == (360, 448, 3)
+    source.close()
 
 
 def test_the_ssd_detector_finds_the_faces_yunet_finds():
