@@ -7,13 +7,19 @@ and the decision threshold are defined once, here.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 SCHEMA = 1
-LABELS = ("with_mask", "without_mask")
+# Every class a model may have, in output order. A 2-class model has the first two; a 3-class one all three.
+LABELS = ("with_mask", "without_mask", "incorrect_mask")
+LABELS_2 = LABELS[:2]
+LABEL_SETS = (LABELS_2, LABELS)
+MASKED = "with_mask"  # the only class the door lets through: p(not properly masked) = 1 - p(with_mask)
 POSITIVE = "without_mask"  # the class the door reacts to
+INCORRECT = "incorrect_mask"  # a mask under the nose or chin: not properly masked
 
 
 class CardError(ValueError):
@@ -48,7 +54,7 @@ class ModelCard:
     input_size: int
     input: Tensor
     output: Tensor
-    labels: tuple[str, ...] = LABELS
+    labels: tuple[str, ...] = LABELS_2
     # Pixels go in as RGB 0..255; the model rescales them itself (MobileNetV2's x/127.5 - 1 is its first layer).
     color: str = "RGB"
     crop: Crop = field(default_factory=Crop)
@@ -61,11 +67,31 @@ class ModelCard:
     def positive_index(self) -> int:
         return self.labels.index(POSITIVE)
 
+    @property
+    def masked_index(self) -> int:
+        return self.labels.index(MASKED)
+
+    @property
+    def incorrect_index(self) -> int | None:
+        """The output of the incorrect_mask class, or None for a 2-class model."""
+        return self.labels.index(INCORRECT) if INCORRECT in self.labels else None
+
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=False) + "\n"
+        return json.dumps(finite(asdict(self)), indent=2, sort_keys=False, allow_nan=False) + "\n"
 
     def save(self, path: Path) -> None:
         Path(path).write_text(self.to_json())
+
+
+def finite(value: Any) -> Any:
+    """`value` with every NaN or infinite float (a rate over no faces) made None: JSON has no NaN."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
+    return value
 
 
 def card_path_for(model_path: Path) -> Path:
@@ -105,8 +131,8 @@ def load_card(path: Path) -> ModelCard:
         if isinstance(exc, CardError):
             raise
         raise CardError(f"{path}: missing or bad field {exc}") from None
-    if set(card.labels) != set(LABELS):
-        raise CardError(f"{path}: labels {list(card.labels)} are not {list(LABELS)}")
+    if not any(set(card.labels) == set(ls) and len(card.labels) == len(ls) for ls in LABEL_SETS):
+        raise CardError(f"{path}: labels {list(card.labels)} are not {list(LABELS_2)} or {list(LABELS)}")
     if not 0.0 < card.threshold < 1.0:
         raise CardError(f"{path}: threshold {card.threshold} is not between 0 and 1")
     return card

@@ -1,4 +1,7 @@
-"""Face crops -> p(without_mask), with a LiteRT interpreter and what the model card says about the model."""
+"""Face crops -> p(not properly masked), with a LiteRT interpreter and what the model card says about the model.
+
+A 2-class model gives p(without_mask); a 3-class model (with_mask, without_mask, incorrect_mask) gives
+1 - p(with_mask), since a mask under the nose or chin protects nobody. `predict_all` gives every class."""
 
 from __future__ import annotations
 
@@ -42,7 +45,8 @@ def crop_faces(frame_bgr: np.ndarray, boxes, crop: Crop, size: int) -> np.ndarra
 
 
 class MaskClassifier:
-    """A .tflite model and its card. `predict` takes RGB crops (N x S x S x 3 uint8) and returns p(without_mask)."""
+    """A .tflite model and its card. `predict` takes RGB crops (N x S x S x 3 uint8) and returns p(not properly
+    masked); `predict_all` returns every class's probability in the card's label order."""
 
     def __init__(self, model_path: Path, num_threads: int = 2, card: ModelCard | None = None):
         self.path = Path(model_path)
@@ -75,6 +79,15 @@ class MaskClassifier:
         self._in, self._out = inp, out
         self._batch = int(inp["shape"][0])
         self._positive = self.card.positive_index
+        self._masked = self.card.masked_index
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return self.card.labels
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.card.labels)
 
     @property
     def input_size(self) -> int:
@@ -98,9 +111,10 @@ class MaskClassifier:
             return raw.astype(np.float32)
         return (raw.astype(np.float32) - t.quant.zero_point) * t.quant.scale
 
-    def predict(self, crops_rgb: np.ndarray) -> np.ndarray:
+    def predict_all(self, crops_rgb: np.ndarray) -> np.ndarray:
+        """N x classes probabilities, in the card's label order."""
         if len(crops_rgb) == 0:
-            return np.zeros(0, np.float32)
+            return np.zeros((0, self.n_classes), np.float32)
         x = self._quantize(crops_rgb)
         probs = []
         # The model has a fixed batch of one (what LiteRT runs fastest on a Pi): a tight loop over the crops.
@@ -109,9 +123,34 @@ class MaskClassifier:
             self._interp.set_tensor(self._in["index"], chunk)
             self._interp.invoke()
             probs.append(self._dequantize(self._interp.get_tensor(self._out["index"])))
-        p = np.concatenate(probs)[:, self._positive]
-        return np.clip(p, 0.0, 1.0)
+        return np.clip(np.concatenate(probs), 0.0, 1.0)
+
+    def not_masked(self, probs: np.ndarray) -> np.ndarray:
+        """p(not properly masked) from `predict_all`'s rows."""
+        if self.n_classes == 2:  # exactly the 2-class model's own output, as before the third class
+            return probs[:, self._positive]
+        return np.clip(1.0 - probs[:, self._masked], 0.0, 1.0)
+
+    def predict(self, crops_rgb: np.ndarray) -> np.ndarray:
+        """p(not properly masked) for each crop."""
+        return self.not_masked(self.predict_all(crops_rgb))
+
+    def classify_all(self, frame_bgr: np.ndarray, boxes) -> np.ndarray:
+        """N x classes probabilities for each box of a BGR frame."""
+        return self.predict_all(crop_faces(frame_bgr, boxes, self.card.crop, self.card.input_size))
 
     def classify(self, frame_bgr: np.ndarray, boxes) -> np.ndarray:
-        """p(without_mask) for each box of a BGR frame."""
-        return self.predict(crop_faces(frame_bgr, boxes, self.card.crop, self.card.input_size))
+        """p(not properly masked) for each box of a BGR frame."""
+        return self.not_masked(self.classify_all(frame_bgr, boxes))
+
+
+def load_model(path: Path, threads: int) -> MaskClassifier:
+    """A model that loads, matches its card (sha256, shapes) and gives sane output on a test inference."""
+    model = MaskClassifier(path, num_threads=threads)
+    s = model.input_size
+    probe = np.stack([np.full((s, s, 3), 128, np.uint8), np.random.default_rng(0).integers(0, 255, (s, s, 3),
+                                                                                         dtype=np.uint8)])
+    p = model.predict_all(probe)
+    if p.shape != (2, model.n_classes) or not np.isfinite(p).all():
+        raise ModelError(f"{path}: test inference gave {p!r}")
+    return model

@@ -31,9 +31,9 @@ def cmd_run(args) -> int:
 
 
 def _detect_stack(cfg):
+    from appliance.classifier import load_model
     from appliance.detector import make_detector
     from appliance.pipeline import Pipeline
-    from appliance.service import load_model
 
     return Pipeline(make_detector(cfg.detector), load_model(cfg.classifier.model, cfg.classifier.threads),
                     cfg.classifier.threshold)
@@ -71,7 +71,7 @@ def cmd_detect(args) -> int:
             continue
         for r in results:
             x1, y1, x2, y2 = (int(round(v)) for v in r.face.box)
-            colour = (0, 0, 255) if r.label == "without_mask" else (0, 200, 0)
+            colour = (0, 200, 0) if r.label == "with_mask" else (0, 0, 255)
             cv2.rectangle(image, (x1, y1), (x2, y2), colour, 2)
             cv2.putText(image, f"{r.label} {r.p_without_mask:.2f}", (x1, max(12, y1 - 6)),
                         cv2.FONT_HERSHEY_SIMPLEX, 0.5, colour, 1, cv2.LINE_AA)
@@ -135,12 +135,13 @@ def cmd_check(args) -> int:
     except Exception as exc:
         line(False, "detector", str(exc))
     try:
-        from appliance.service import load_model
+        from appliance.classifier import load_model
 
         model = load_model(cfg.classifier.model, cfg.classifier.threads)
         c = model.card
         line(True, "model", f"{model.path} sha256 {model.sha256[:12]}, {c.input_size}px {c.input.dtype}, "
-                            f"threshold {c.threshold}, validation {c.metrics.get('validation', {})}")
+                            f"labels {'/'.join(c.labels)}, threshold {c.threshold}, "
+                            f"validation {c.metrics.get('validation', {})}")
     except Exception as exc:
         line(False, "model", str(exc))
     return 1 if problems else 0

@@ -1,4 +1,4 @@
-"""One frame -> faces with p(without_mask): the detector and classifier stages."""
+"""One frame -> faces with p(not properly masked): the detector and classifier stages."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from appliance.card import LABELS, POSITIVE
+from appliance.card import INCORRECT, MASKED, POSITIVE
 from appliance.classifier import MaskClassifier
 from appliance.detector import Face, FaceDetector
 from appliance.sources import Frame
@@ -15,16 +15,29 @@ from appliance.sources import Frame
 @dataclass
 class FaceResult:
     face: Face
-    p_without_mask: float
-    label: str
+    p_without_mask: float  # p(not properly masked) = 1 - p(with_mask); p(without_mask) for a 2-class model
+    label: str  # "with_mask", "without_mask" or (3-class models only) "incorrect_mask"
+    p_incorrect_mask: float | None = None  # None for a 2-class model
 
     def to_json(self) -> dict:
-        return {
+        out = {
             "box": [round(v, 1) for v in self.face.box],
             "score": round(self.face.score, 4),
             "p_without_mask": round(self.p_without_mask, 4),
             "label": self.label,
         }
+        if self.p_incorrect_mask is not None:
+            out["p_incorrect_mask"] = round(self.p_incorrect_mask, 4)
+        return out
+
+
+def label_of(probs: np.ndarray, labels: tuple[str, ...], p_not_masked: float, threshold: float) -> str:
+    """The face's label: with_mask below the threshold; above it, whichever unmasked class is more likely."""
+    if p_not_masked < threshold:
+        return MASKED
+    if INCORRECT in labels and probs[labels.index(INCORRECT)] > probs[labels.index(POSITIVE)]:
+        return INCORRECT
+    return POSITIVE
 
 
 class Pipeline:
@@ -44,7 +57,12 @@ class Pipeline:
             sy = frame.image.shape[0] / small.shape[0]
             faces = [Face((f.box[0] * sx, f.box[1] * sy, f.box[2] * sx, f.box[3] * sy), f.score,
                           tuple((x * sx, y * sy) for x, y in f.landmarks)) for f in faces]
-        probs = self.classifier.classify(frame.image, [f.box for f in faces]) if faces else np.zeros(0)
-        negative = LABELS[1 - LABELS.index(POSITIVE)]
-        return [FaceResult(f, float(p), POSITIVE if p >= self.threshold else negative)
-                for f, p in zip(faces, probs, strict=True)]
+        if not faces:
+            return []
+        model = self.classifier
+        probs = model.classify_all(frame.image, [f.box for f in faces])
+        p_not = model.not_masked(probs)
+        incorrect = model.card.incorrect_index
+        return [FaceResult(f, float(p), label_of(row, model.labels, float(p), self.threshold),
+                           None if incorrect is None else float(row[incorrect]))
+                for f, row, p in zip(faces, probs, p_not, strict=True)]

@@ -64,11 +64,12 @@ def _child(args) -> dict:
 
         tf.config.threading.set_intra_op_parallelism_threads(args.threads)
         model = keras.models.load_model(args.keras, compile=False)
+        from training.export import not_masked
+
         path, params = args.keras, model.count_params()
-        positive = card.positive_index
 
         def predict(crop):  # predict_on_batch: one compiled call per crop, no per-call dataset set-up
-            return float(model.predict_on_batch(crop.astype(np.float32))[0, positive])
+            return float(not_masked(np.asarray(model.predict_on_batch(crop.astype(np.float32))))[0])
     load_s = time.perf_counter() - t0
     predict(crops[:1])  # warm-up: graph tracing and first allocations are not per-crop costs
     times, probs = [], []

@@ -41,10 +41,11 @@ def _files(source: str, limit: int | None) -> list[Path]:
 
 def run_ours(files: list[Path], threads: int, model_path: Path | None = None) -> dict:
     from appliance import config
+    from appliance.classifier import load_model
     from appliance.detector import make_detector
     from appliance.imaging import read_bgr
+    from appliance.pipeline import label_of
     from appliance.policy import Policy, Verdict
-    from appliance.service import load_model
 
     cfg = config.parse({"classifier": {"model": str(model_path)}} if model_path else {}, "<defaults>")
     detector = make_detector(cfg.detector)
@@ -58,9 +59,13 @@ def run_ours(files: list[Path], threads: int, model_path: Path | None = None) ->
         t1 = time.perf_counter()
         found = detector.detect(image)
         t2 = time.perf_counter()
-        p = model.classify(image, [f.box for f in found])
+        probs = model.classify_all(image, [f.box for f in found])
+        p = model.not_masked(probs)
         t3 = time.perf_counter()
-        policy.update([Verdict(f.box, float(x), x >= model.threshold) for f, x in zip(found, p, strict=True)], i)
+        incorrect = model.card.incorrect_index  # the appliance's labels and p_incorrect_mask, as Pipeline gives them
+        policy.update([Verdict(f.box, float(x), label_of(row, model.labels, float(x), model.threshold),
+                               None if incorrect is None else float(row[incorrect]))
+                       for f, x, row in zip(found, p, probs, strict=True)], i)
         t4 = time.perf_counter()
         for stage, dt in zip(STAGES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
             times[stage].append(dt)

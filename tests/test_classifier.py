@@ -91,3 +91,46 @@ def test_garbage_with_a_matching_card_is_refused(tmp_path):
     garbage.with_suffix(".json").write_text(json.dumps(card))
     with pytest.raises(ModelError, match="not a loadable TFLite model"):
         MaskClassifier(garbage)
+
+
+def test_a_card_whose_labels_do_not_match_the_model_outputs_is_refused(model_dir):
+    from appliance.card import LABELS
+
+    path = model_dir / "mask_classifier.json"
+    card = json.loads(path.read_text())
+    n = len(card["labels"])
+    card["labels"] = list(LABELS[:2] if n == 3 else LABELS)  # the other accepted label set
+    path.write_text(json.dumps(card))
+    assert len(load_card(path).labels) == 5 - n  # a valid card on its own...
+    with pytest.raises(ModelError, match="does not match card labels"):  # ...but not for this model
+        MaskClassifier(model_dir / "mask_classifier.tflite")
+    card["labels"] = ["with_mask", "without_mask", "without_mask"]
+    path.write_text(json.dumps(card))
+    with pytest.raises(CardError, match=r"labels \['with_mask', 'without_mask', 'without_mask'\] are not"):
+        load_card(path)
+
+
+def test_p_not_properly_masked_is_one_minus_p_with_mask(model_dir):
+    from appliance.classifier import load_model
+
+    model = load_model(model_dir / "mask_classifier.tflite", 2)
+    image = read_bgr(scene_images("without_mask", limit=1)[0])
+    boxes = [(100, 100, 300, 300), (10, 10, 90, 90)]
+    probs = model.classify_all(image, boxes)
+    assert probs.shape == (2, len(model.labels))
+    p = model.classify(image, boxes)
+    if len(model.labels) == 2:  # a 2-class model's own p(without_mask), exactly as before the third class
+        np.testing.assert_array_equal(p, probs[:, model.card.positive_index])
+    else:
+        np.testing.assert_allclose(p, 1 - probs[:, model.card.masked_index], atol=1e-6)
+
+
+def test_a_card_writes_rates_over_no_faces_as_null(model_dir):
+    from dataclasses import replace
+
+    path = model_dir / "mask_classifier.json"
+    card = load_card(path)
+    replace(card, metrics={"validation": {"incorrect_stopped": float("nan"), "tnr": 0.98}}).save(path)
+    text = path.read_text()
+    assert '"incorrect_stopped": null' in text and "NaN" not in text
+    assert load_card(path).metrics["validation"] == {"incorrect_stopped": None, "tnr": 0.98}

@@ -8,7 +8,13 @@ import subprocess
 import sys
 
 import cv2
-from conftest import REPO, scene_images
+from conftest import REPO, SHIPPED, scene_images
+
+from appliance.card import load_card
+
+CARD = load_card(SHIPPED.with_suffix(".json"))
+# A 3-class model adds p_incorrect_mask to each face; a 2-class model's faces keep the four fields.
+FIELDS = {"box", "score", "p_without_mask", "label"} | ({"p_incorrect_mask"} if len(CARD.labels) == 3 else set())
 
 
 def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -29,12 +35,15 @@ def test_detect_json_prints_one_object_per_image_and_nothing_else(tmp_path):
         assert record["image"] == str(path) and set(record) == {"image", "faces"}
         height, width = cv2.imread(str(path)).shape[:2]
         for face in record["faces"]:
-            assert set(face) == {"box", "score", "p_without_mask", "label"}
+            assert set(face) == FIELDS
             x1, y1, x2, y2 = face["box"]
             assert 0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height
             assert 0 <= face["p_without_mask"] <= 1 and 0 < face["score"] <= 1
-            assert face["label"] == ("without_mask" if face["p_without_mask"] >= 0.5 else "with_mask")
-    assert json.loads(lines[0])["faces"][0]["label"] == "without_mask"
+            assert face["label"] in CARD.labels
+            assert (face["label"] == "with_mask") == (face["p_without_mask"] < CARD.threshold)
+            if "p_incorrect_mask" in face:  # part of p(not properly masked)
+                assert 0 <= face["p_incorrect_mask"] <= face["p_without_mask"] + 0.01
+    assert json.loads(lines[0])["faces"][0]["label"] != "with_mask"
     assert {f["label"] for f in json.loads(lines[2])["faces"]} == {"with_mask"}
     assert "corrupt.jpg: unreadable image, skipped" in result.stderr
 
@@ -55,7 +64,7 @@ def test_check_reports_what_is_missing():
     assert lines["camera"].startswith("FAIL") and "picamera2" in lines["camera"]
     assert lines["gpio"].startswith("ok") and "MockFactory" in lines["gpio"] and "released" in lines["gpio"]
     assert lines["detector"].startswith("ok") and lines["model"].startswith("ok")
-    assert "threshold 0.5" in lines["model"]
+    assert f"threshold {CARD.threshold}," in lines["model"] and f"labels {'/'.join(CARD.labels)}" in lines["model"]
 
 
 def test_check_passes_with_a_file_source_and_names_a_missing_asset_mirror(tmp_path):

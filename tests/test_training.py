@@ -18,17 +18,20 @@ def test_smoke_run_exports_a_model_the_appliance_loads(trained, small_crops):
     model = MaskClassifier(out / "mask_classifier.tflite")
     card = model.card
     assert card.input_size == 128
-    assert card.labels == LABELS
+    assert card.labels == LABELS[:2]  # no incorrect_mask faces in the data: a 2-class model
     assert card.input.dtype == "int8" and card.output.dtype == "int8"
     # The model rescales pixels itself, so 0..255 maps exactly onto int8.
     assert card.input.quant.scale == pytest.approx(1.0) and card.input.quant.zero_point == -128
     assert card.sha256 == sha256_of(out / "mask_classifier.tflite")
-    assert card.training["counts"] == {"with_mask": 40, "without_mask": 40}
+    assert card.training["counts"] == {"with_mask": 40, "without_mask": 40, "incorrect_mask": 0}
+    assert card.training["sources"][0]["kind"] == "crops" and card.training["classes"] == 2
     assert card.training["skipped"] == 2
     assert len(card.training["data_sha256"]) == 64
     assert card.metrics["parity"]["agreement"] >= 0.99
     # 20% of each class, stratified
-    assert card.training["validation_counts"] == {"with_mask": 8, "without_mask": 8}
+    assert card.training["validation_counts"] == {"with_mask": 8, "without_mask": 8, "incorrect_mask": 0}
+    # no scene source: no real photos to choose the door's threshold on, so the neutral 0.5, and the card says why
+    assert card.threshold == 0.5 and "no scene source" in card.metrics["threshold_choice"]["rule"]
     crops = load_crops(small_crops, 128)
     p = model.predict(crops.images[:4])
     assert p.shape == (4,) and ((p >= 0) & (p <= 1)).all()
@@ -37,7 +40,9 @@ def test_smoke_run_exports_a_model_the_appliance_loads(trained, small_crops):
     assert np.abs(fp16.predict(crops.images[:4]) - p).max() < 0.2
     for name in ("curves.png", "confusion.png", "roc.png", "model.keras"):
         assert (out / name).stat().st_size > 1000, name
-    table = json.loads((out / "thresholds.json").read_text())
+    tables = json.loads((out / "thresholds.json").read_text())
+    assert list(tables) == [small_crops.name]  # one table per data source
+    table = tables[small_crops.name]
     assert [row["threshold"] for row in table] == pytest.approx([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9])
     report = json.loads((out / "report.json").read_text())
     assert set(report["validation_tflite"]["report"]) >= {"with_mask", "without_mask"}
@@ -117,9 +122,37 @@ def test_class_weights_balance_the_classes():
     assert w[1] == pytest.approx(2.0)
 
 
+def test_class_weights_cover_three_classes():
+    w = class_weights(np.array([0] * 60 + [1] * 30 + [2] * 10))
+    assert w[2] == pytest.approx(100 / 30) and w[0] * 60 == pytest.approx(w[2] * 10)
+
+
+def test_cli_reports_a_missing_scene_labels_file(tmp_path, small_crops, capsys):
+    from training.cli import main
+
+    rc = main(["train", str(small_crops), str(tmp_path / "none.csv"), "--out", str(tmp_path), "--input-size", "32"])
+    assert rc == 1
+    assert capsys.readouterr().err.strip().endswith("none.csv: scene labels not found")
+
+
 def test_cli_reports_a_missing_weights_file(tmp_path, small_crops, capsys):
     from training.cli import main
 
     rc = main(["train", str(small_crops), "--out", str(tmp_path), "--base-weights", str(tmp_path / "no.h5")])
     assert rc == 1
     assert "no.h5: no such file" in capsys.readouterr().err
+
+
+def test_export_re_exports_a_trained_float_model_without_training(trained, small_crops, tmp_path):
+    from training.cli import main
+
+    out, _ = trained
+    keras_path = out / "model.keras"
+    assert main(["export", "--keras", str(keras_path), str(small_crops), "--out", str(tmp_path),
+                 "--calibration-samples", "32", "--threshold", "0.5"]) == 0
+    card = load_card(tmp_path / "mask_classifier.json")
+    assert card.training["exported_from"] == str(keras_path) and card.input_size == 128  # read from the model
+    assert card.threshold == 0.5 and card.metrics["threshold_choice"]["rule"] == "given: --threshold 0.5"
+    assert card.metrics["parity"]["agreement"] >= 0.99
+    MaskClassifier(tmp_path / "mask_classifier.tflite")  # loads
+    assert main(["export", "--keras", str(tmp_path / "none.keras"), str(small_crops), "--out", str(tmp_path)]) == 1

@@ -11,10 +11,18 @@ from pathlib import Path
 from training.train import TrainConfig
 
 
-def _train_parser(sub) -> None:
+def _train_parser(sub, export: bool = False) -> None:
     d = TrainConfig(data=Path("."), out=Path("."))
-    p = sub.add_parser("train", help="train, evaluate and export a model from a folder of face crops")
-    p.add_argument("data", type=Path, help="folder with with_mask/ and without_mask/ sub-folders of face crops")
+    if export:
+        p = sub.add_parser("export", help="export, evaluate and card a float model.keras that `train` wrote, on the "
+                                          "same data sources (a new calibration or threshold, no new training)")
+        p.add_argument("--keras", type=Path, required=True, help="model.keras of a training run")
+    else:
+        p = sub.add_parser("train", help="train, evaluate and export a model from face crops and labelled scenes")
+    p.add_argument("data", type=Path, nargs="+",
+                   help="data sources: folders with with_mask/ and without_mask/ (and optionally incorrect_mask/) "
+                        "sub-folders of face crops, and scene labels.csv files (faces cut from their labelled boxes, "
+                        "split by photo)")
     p.add_argument("--out", type=Path, default=Path("runs/latest"), help="output folder (default: runs/latest)")
     p.add_argument("--base-weights", default=d.base_weights,
                    help="MobileNetV2 ImageNet weights: a .h5 path, or 'imagenet' for Keras' own download")
@@ -30,7 +38,16 @@ def _train_parser(sub) -> None:
     p.add_argument("--fine-tune-learning-rate", type=float, default=d.fine_tune_learning_rate)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--patience", type=int, default=d.patience)
-    p.add_argument("--threshold", type=float, default=d.threshold, help="p(without_mask) at which a face is flagged")
+    p.add_argument("--threshold", type=float, default=d.threshold,
+                   help="p(not properly masked) at which a face is flagged (default: chosen on the first scene "
+                        "source's validation part: lowest FNR with TNR >= 0.97; 0.5 without a scene source)")
+    p.add_argument("--classes", type=int, choices=[2, 3], default=d.classes,
+                   help="3: with_mask, without_mask, incorrect_mask; 2: incorrect_mask folded into without_mask "
+                        "(default: 3 when the data has incorrect_mask faces)")
+    p.add_argument("--class-weight-power", type=float, default=d.class_weight_power,
+                   help="class weights are (share of the class)^-power: 1 is inverse frequency, 0.5 its square root")
+    p.add_argument("--no-augment", dest="augment", action="store_false",
+                   help="train on the crops as they are (no augmentation)")
     p.add_argument("--crop-margin", type=float, default=d.crop_margin,
                    help="how much a detected face box grows on each side before it is classified")
     p.add_argument("--calibration-samples", type=int, default=d.calibration_samples)
@@ -42,7 +59,13 @@ def _evaluate_parser(sub) -> None:
     p = sub.add_parser("evaluate", help="score a model on a crop folder and/or a scene set with face boxes")
     p.add_argument("--model", type=Path, required=True, help=".tflite model (its .json card beside it)")
     p.add_argument("--crops", type=Path, help="folder with with_mask/ and without_mask/ face crops")
-    p.add_argument("--scenes", type=Path, help="labels.csv of a scene set (image_path,x1,y1,x2,y2,label)")
+    p.add_argument("--scenes", type=Path, help="labels.csv of a scene set (image_path,x1,y1,x2,y2,label; label one of "
+                                               "with_mask, without_mask, incorrect_mask)")
+    p.add_argument("--part", choices=["all", "train", "validation"], default="all",
+                   help="score only this part of the scene set's by-photo split (training.splits)")
+    p.add_argument("--threshold", type=float, help="instead of the card's (or the config's) threshold")
+    p.add_argument("--no-labelled-boxes", dest="labelled_boxes", action="store_false",
+                   help="skip classifying the labelled boxes directly")
     p.add_argument("--config", type=Path, help="appliance config TOML for the detector settings")
     p.add_argument("--out", type=Path, help="folder for the JSON results and ROC plot")
 
@@ -52,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
     _train_parser(sub)
+    _train_parser(sub, export=True)
     _evaluate_parser(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
@@ -62,6 +86,11 @@ def main(argv: list[str] | None = None) -> int:
 
             fields = {k: v for k, v in vars(args).items() if k not in ("command", "verbose")}
             train(TrainConfig(**fields))
+        elif args.command == "export":
+            from training.train import export_trained
+
+            fields = {k: v for k, v in vars(args).items() if k not in ("command", "verbose", "keras")}
+            export_trained(TrainConfig(**fields), args.keras)
         else:
             from training.evaluate import evaluate_cli
 

@@ -1,4 +1,5 @@
-"""Folders of face crops -> arrays, a stratified split, and the classic augmentation as Keras layers."""
+"""Training data sources -> arrays: folders of face crops (stratified split) and scene sets with labelled face
+boxes (cut as the appliance cuts them, split by photo with training.splits)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from appliance.card import LABELS
+from appliance.card import LABELS, LABELS_2, Crop
 from appliance.imaging import IMAGE_SUFFIXES, pad_to_square, read_bgr
 
 log = logging.getLogger(__name__)
@@ -36,17 +37,26 @@ class CropSet:
     def subset(self, idx: np.ndarray) -> CropSet:
         return CropSet(self.images[idx], self.labels[idx], [self.paths[i] for i in idx])
 
+    @staticmethod
+    def concat(sets: list[CropSet]) -> CropSet:
+        return CropSet(np.concatenate([s.images for s in sets]), np.concatenate([s.labels for s in sets]),
+                       [p for s in sets for p in s.paths], [k for s in sets for k in s.skipped])
+
 
 def list_crops(root: Path) -> list[tuple[Path, int]]:
-    """(path, label index) for every file under root/<label>/, in a stable order."""
+    """(path, label index) for every file under root/<label>/, in a stable order. with_mask/ and without_mask/ are
+    needed; incorrect_mask/ is optional."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: data folder not found")
     items: list[tuple[Path, int]] = []
     for index, label in enumerate(LABELS):
         folder = root / label
+        if label not in LABELS_2 and not folder.exists():
+            continue
         if not folder.is_dir():
-            raise DataError(f"{folder}: class folder missing (expected one sub-folder per class: {', '.join(LABELS)})")
+            raise DataError(f"{folder}: class folder missing (expected one sub-folder per class: "
+                            f"{', '.join(LABELS_2)}, optionally {LABELS[2]})")
         files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
         if not files:
             raise DataError(f"{folder}: class {label!r} has no files")
@@ -75,9 +85,41 @@ def load_crops(root: Path, size: int) -> CropSet:
         log.warning("skipped %s", line)
     labels_arr = np.array(labels, dtype=np.int64)
     for index, label in enumerate(LABELS):
-        if not (labels_arr == index).any():
+        if (label in LABELS_2 or (Path(root) / label).exists()) and not (labels_arr == index).any():
             raise DataError(f"{Path(root) / label}: class {label!r} has no readable images")
     return CropSet(np.stack(images), labels_arr, paths, skipped)
+
+
+def load_scene_crops(labels_csv: Path, photos: list[str], size: int, crop: Crop) -> CropSet:
+    """Every labelled face of `photos` (paths as split_scenes gives them) cut from its labelled box exactly as the
+    appliance cuts a detected box (the card's crop), RGB. `paths` name the photo and the box."""
+    from appliance.classifier import crop_faces
+    from training.evaluate import read_scene_labels
+
+    by_image = read_scene_labels(labels_csv)
+    images, labels, paths, skipped = [], [], [], []
+    for photo in photos:
+        faces = by_image.get(photo, [])
+        bgr = read_bgr(Path(photo))
+        if bgr is None:
+            skipped.append(f"{photo}: unreadable or corrupt image")
+            continue
+        images.append(crop_faces(bgr, [f.box for f in faces], crop, size))
+        labels.extend(f.label for f in faces)
+        paths.extend(f"{photo}#{','.join(str(round(v)) for v in f.box)}" for f in faces)
+    for line in skipped:
+        log.warning("skipped %s", line)
+    if not labels:
+        raise DataError(f"{labels_csv}: no readable labelled faces")
+    return CropSet(np.concatenate(images), np.array(labels, dtype=np.int64), paths, skipped)
+
+
+def file_hash(paths: list[Path]) -> str:
+    """sha256 over the bytes of the given files, in order."""
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(Path(path).read_bytes())
+    return digest.hexdigest()
 
 
 def content_hash(crops: CropSet) -> str:
@@ -87,6 +129,11 @@ def content_hash(crops: CropSet) -> str:
         digest.update(f"{LABELS[label]}\0".encode())
         digest.update(Path(path).read_bytes())
     return digest.hexdigest()
+
+
+def fold_incorrect(labels: np.ndarray) -> np.ndarray:
+    """Labels for a 2-class model: incorrect_mask counts as without_mask (a mask under the nose protects nobody)."""
+    return np.where(labels == LABELS.index("incorrect_mask"), LABELS.index("without_mask"), labels)
 
 
 def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -101,21 +148,12 @@ def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tupl
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
 
 
-def class_weights(labels: np.ndarray) -> dict[int, float]:
-    """Inverse-frequency weights, mean 1, as Keras' `class_weight` takes them."""
+def class_weights(labels: np.ndarray, power: float = 1.0) -> dict[int, float]:
+    """Inverse-frequency weights over the classes present, as Keras' `class_weight` takes them: (share of the
+    class)^-power, scaled so that the average crop weighs 1. power 1: each class weighs as much in all; 0.5: the
+    square root of that, which lifts a rare class less far above the others."""
     counts = np.bincount(labels, minlength=len(LABELS)).astype(float)
-    return {i: float(len(labels) / (len(LABELS) * c)) for i, c in enumerate(counts) if c}
-
-
-def augmentation():
-    """The classic recipe (rotation 20 degrees, zoom 0.15, shifts 0.2, shear 0.15, horizontal flip) as layers."""
-    import keras
-
-    layers = [
-        keras.layers.RandomRotation(20 / 360, fill_mode="nearest"),
-        keras.layers.RandomZoom(0.15, fill_mode="nearest"),
-        keras.layers.RandomTranslation(0.2, 0.2, fill_mode="nearest"),
-        keras.layers.RandomShear(x_factor=0.15, y_factor=0.15, fill_mode="nearest"),
-        keras.layers.RandomFlip("horizontal"),
-    ]
-    return keras.Sequential(layers, name="augmentation")
+    present = int((counts > 0).sum())
+    raw = {i: (len(labels) / (present * c)) ** power for i, c in enumerate(counts) if c}
+    scale = len(labels) / sum(raw[i] * counts[i] for i in raw)
+    return {i: float(w * scale) for i, w in raw.items()}

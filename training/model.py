@@ -17,7 +17,7 @@ def resolve_base_weights(base_weights: str) -> str:
     return str(path)
 
 
-def build_model(input_size: int = 224, alpha: float = 1.0, base_weights: str = "imagenet"):
+def build_model(input_size: int = 224, alpha: float = 1.0, base_weights: str = "imagenet", n_classes: int = 2):
     """The classic recipe's network, with MobileNetV2's preprocessing folded in as its first layer so that the
     exported model takes plain pixels (and its int8 input quantization is exact)."""
     import keras
@@ -38,7 +38,9 @@ def build_model(input_size: int = 224, alpha: float = 1.0, base_weights: str = "
     x = keras.layers.Flatten(name="head_flatten")(x)
     x = keras.layers.Dense(128, activation="relu", name="head_dense")(x)
     x = keras.layers.Dropout(0.5, name="head_dropout")(x)
-    outputs = keras.layers.Dense(len(LABELS), activation="softmax", name="head_softmax")(x)
+    if not 2 <= n_classes <= len(LABELS):
+        raise ValueError(f"n_classes {n_classes} is not 2 or {len(LABELS)}")
+    outputs = keras.layers.Dense(n_classes, activation="softmax", name="head_softmax")(x)
     return keras.Model(inputs, outputs, name=f"mask_mobilenetv2_{alpha}_{input_size}")
 
 

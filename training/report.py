@@ -9,43 +9,81 @@ import numpy as np
 
 from appliance.card import LABELS
 
+MASKED, UNMASKED, INCORRECT = (LABELS.index(n) for n in ("with_mask", "without_mask", "incorrect_mask"))
+MIN_TNR = 0.97  # the door's rule: catch at least 97% of unmasked faces, then stop as few masked ones as possible
 
-def rates(p_without: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, float]:
-    """Door-facing rates at one threshold. TNR: share of unmasked faces caught; FNR: share of masked faces
-    wrongly flagged (the published convention, where 'positive' is with_mask)."""
-    flagged = p_without >= threshold
-    unmasked = labels == LABELS.index("without_mask")
-    masked = ~unmasked
+
+def _share(flags: np.ndarray) -> float:
+    return float(flags.mean()) if len(flags) else float("nan")
+
+
+def rates(p_not_masked: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, float]:
+    """Door-facing rates at one threshold, `labels` indexing LABELS. A face is flagged when p(not properly masked)
+    >= threshold. TNR: share of without_mask faces flagged; FNR: share of with_mask faces flagged (the published
+    convention, where 'positive' is with_mask); incorrect_stopped: share of incorrect_mask faces flagged (NaN when
+    there are none); accuracy: flagged exactly when not properly masked."""
+    p_not_masked, labels = np.asarray(p_not_masked, float), np.asarray(labels, int)
+    flagged = p_not_masked >= threshold
     return {
         "threshold": round(float(threshold), 4),
-        "accuracy": float((flagged == unmasked).mean()) if len(labels) else float("nan"),
-        "tnr": float(flagged[unmasked].mean()) if unmasked.any() else float("nan"),
-        "fnr": float(flagged[masked].mean()) if masked.any() else float("nan"),
+        "accuracy": _share(flagged == (labels != MASKED)),
+        "tnr": _share(flagged[labels == UNMASKED]),
+        "fnr": _share(flagged[labels == MASKED]),
+        "incorrect_stopped": _share(flagged[labels == INCORRECT]),
         "n": int(len(labels)),
-        "n_without_mask": int(unmasked.sum()),
-        "n_with_mask": int(masked.sum()),
+        "n_without_mask": int((labels == UNMASKED).sum()),
+        "n_with_mask": int((labels == MASKED).sum()),
+        "n_incorrect_mask": int((labels == INCORRECT).sum()),
     }
 
 
-def threshold_table(p_without: np.ndarray, labels: np.ndarray, steps=None) -> list[dict[str, float]]:
+def threshold_table(p_not_masked: np.ndarray, labels: np.ndarray, steps=None) -> list[dict[str, float]]:
     steps = steps if steps is not None else np.round(np.arange(0.1, 0.95, 0.1), 2)
-    return [rates(p_without, labels, t) for t in steps]
+    return [rates(p_not_masked, labels, t) for t in steps]
 
 
-def crop_metrics(p_without: np.ndarray, labels: np.ndarray, threshold: float) -> dict:
+def choose_threshold(p_not_masked: np.ndarray, labels: np.ndarray, min_tnr: float = MIN_TNR) -> dict:
+    """The door's threshold: of 0.01..0.99, those that catch at least `min_tnr` of the without_mask faces, the one
+    that flags the fewest with_mask faces (ties: the one that catches the most, then the lowest, which leaves the
+    most room for unmasked faces that score lower on photos never seen). When none reaches `min_tnr`, the one with
+    the highest TNR (ties: lowest FNR, then lowest), and `met` says so. Returns its rates plus `rule` and `met`."""
+    rows = threshold_table(p_not_masked, labels, np.round(np.arange(0.01, 1.0, 0.01), 2))
+    ok = [r for r in rows if r["tnr"] >= min_tnr]
+    best = (min(ok, key=lambda r: (r["fnr"], -r["tnr"], r["threshold"])) if ok
+            else max(rows, key=lambda r: (r["tnr"], -r["fnr"], -r["threshold"])))
+    return {**best, "met": bool(ok),
+            "rule": f"of thresholds 0.01..0.99, the lowest FNR with TNR >= {min_tnr} (else the highest TNR)"}
+
+
+def crop_metrics(p_not_masked: np.ndarray, labels: np.ndarray, threshold: float,
+                 probs: np.ndarray | None = None, class_labels: tuple[str, ...] | None = None) -> dict:
+    """Rates and ROC AUC of the door decision (not properly masked against with_mask); with `probs` (N x classes,
+    in `class_labels` order) also the per-class report and confusion matrix of the model's most likely class."""
     from sklearn.metrics import classification_report, confusion_matrix, roc_auc_score
 
-    pred = (p_without >= threshold).astype(int)
-    return {
-        **rates(p_without, labels, threshold),
-        "roc_auc": float(roc_auc_score(labels, p_without)),
-        "confusion": confusion_matrix(labels, pred, labels=[0, 1]).tolist(),
-        "report": classification_report(labels, pred, labels=[0, 1], target_names=list(LABELS),
-                                        output_dict=True, zero_division=0),
-    }
+    labels = np.asarray(labels, int)
+    truth = (labels != MASKED).astype(int)
+    out = {**rates(p_not_masked, labels, threshold),
+           "roc_auc": float(roc_auc_score(truth, p_not_masked)) if 0 < truth.sum() < len(truth) else float("nan")}
+    pred = (np.asarray(p_not_masked) >= threshold).astype(int)
+    out["confusion_door"] = confusion_matrix(truth, pred, labels=[0, 1]).tolist()
+    if probs is not None and class_labels is not None:
+        idx = [LABELS.index(n) for n in class_labels]
+        pred_cls = np.array(idx)[np.argmax(probs, axis=1)]
+        present = sorted(set(idx) | set(labels.tolist()))
+        names = [LABELS[i] for i in present]
+        out["confusion"] = confusion_matrix(labels, pred_cls, labels=present).tolist()
+        out["confusion_labels"] = names
+        out["report"] = classification_report(labels, pred_cls, labels=present, target_names=names,
+                                              output_dict=True, zero_division=0)
+    else:
+        out["confusion"] = out["confusion_door"]
+        out["confusion_labels"] = ["with_mask", "not properly masked"]
+    return out
 
 
-def print_table(rows: list[dict], keys=("threshold", "accuracy", "tnr", "fnr")) -> str:
+def print_table(rows: list[dict], keys=("threshold", "accuracy", "tnr", "fnr", "incorrect_stopped")) -> str:
+    keys = [k for k in keys if any(k in row and row[k] == row[k] for row in rows)]  # drop all-NaN columns
     lines = ["  ".join(f"{k:>9}" for k in keys)]
     lines += ["  ".join(f"{row[k]:>9.4f}" if isinstance(row[k], float) else f"{row[k]:>9}" for k in keys)
               for row in rows]
@@ -53,7 +91,10 @@ def print_table(rows: list[dict], keys=("threshold", "accuracy", "tnr", "fnr")) 
 
 
 def save_json(path: Path, data) -> None:
-    Path(path).write_text(json.dumps(data, indent=2) + "\n")
+    """Strict JSON: rates over no faces (NaN) are written as null."""
+    from appliance.card import finite
+
+    Path(path).write_text(json.dumps(finite(data), indent=2, allow_nan=False) + "\n")
 
 
 def pyplot():
@@ -84,15 +125,17 @@ def plot_history(histories: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def plot_confusion(confusion: list[list[int]], path: Path) -> None:
+def plot_confusion(confusion: list[list[int]], path: Path, names: list[str] | None = None) -> None:
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(4.5, 4))
+    n = len(confusion)
+    names = names or list(LABELS[:n])
+    fig, ax = plt.subplots(figsize=(1.5 * n + 1.5, 1.3 * n + 1.4))
     ax.imshow(confusion, cmap="Blues")
-    for i in range(2):
-        for j in range(2):
+    for i in range(n):
+        for j in range(n):
             ax.text(j, i, str(confusion[i][j]), ha="center", va="center")
-    ax.set_xticks([0, 1], LABELS)
-    ax.set_yticks([0, 1], LABELS)
+    ax.set_xticks(range(n), names, rotation=20)
+    ax.set_yticks(range(n), names)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     fig.tight_layout()
@@ -107,7 +150,10 @@ def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Path) -> No
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 5))
     for name, (p, labels) in curves.items():
-        fpr, tpr, _ = roc_curve(labels, p)
+        truth = (np.asarray(labels) != MASKED).astype(int)  # not properly masked is the class the door catches
+        if not 0 < truth.sum() < len(truth):
+            continue
+        fpr, tpr, _ = roc_curve(truth, p)
         ax.plot(fpr, tpr, label=f"{name} (AUC {auc(fpr, tpr):.3f})")
     ax.plot([0, 1], [0, 1], "k:", lw=0.8)
     ax.set_xlabel("masked faces flagged (FNR)")

@@ -1,10 +1,10 @@
-"""The training run, in the order the recipe reads: data, model, fit, fine-tune, evaluate, export."""
+"""The training run, in the order the recipe reads: data sources, model, fit, fine-tune, threshold, export."""
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +12,19 @@ import numpy as np
 from appliance.card import LABELS, Crop
 from appliance.classifier import MaskClassifier
 from training import report
-from training.data import augmentation, class_weights, content_hash, load_crops, stratified_split
-from training.export import export
+from training.augment import batches
+from training.data import (
+    CropSet,
+    DataError,
+    class_weights,
+    content_hash,
+    file_hash,
+    fold_incorrect,
+    load_crops,
+    load_scene_crops,
+    stratified_split,
+)
+from training.export import export, not_masked
 from training.model import build_model, unfreeze_top
 
 log = logging.getLogger(__name__)
@@ -21,7 +32,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TrainConfig:
-    data: Path
+    data: Path | list[Path]  # crop folders (with_mask/, without_mask/[, incorrect_mask/]) and scene labels.csv files
     out: Path
     base_weights: str = "imagenet"
     test_data: Path | None = None
@@ -36,12 +47,91 @@ class TrainConfig:
     val_fraction: float = 0.2
     seed: int = 42
     patience: int = 3
-    threshold: float = 0.5
+    threshold: float | None = None  # None: chosen by the door's rule on the first scene source's validation part
     crop_margin: float = Crop().margin
     calibration_samples: int = 300
     io_dtype: str = "int8"
     float16: bool = False
     model_name: str = "mask_classifier.tflite"
+    classes: int | None = None  # 2 folds incorrect_mask into without_mask; None: 3 when the data has that class
+    augment: bool = True
+    class_weight_power: float = 1.0  # 1: inverse-frequency class weights; 0.5: their square root
+    # The int8 parity gate. Only smoke runs on a handful of crops lower it (their unsure models put many crops next
+    # to the threshold); a model to ship meets the default, and the card records the gate it met.
+    min_agreement: float = 0.99
+    sources: list[dict] = field(default_factory=list, repr=False)  # filled in by the run: what each source gave
+
+    @property
+    def data_list(self) -> list[Path]:
+        return [Path(d) for d in (self.data if isinstance(self.data, list | tuple) else [self.data])]
+
+
+@dataclass
+class Source:
+    """One data source's contribution: its train and validation crops and what the card records of it."""
+
+    name: str
+    train: CropSet
+    val: CropSet
+    info: dict
+    skipped: list[str] = field(default_factory=list)
+
+
+def _crop_source(path: Path, cfg: TrainConfig) -> Source:
+    crops = load_crops(path, cfg.input_size)
+    if cfg.test_data:
+        train_set, val_set = crops, load_crops(cfg.test_data, cfg.input_size)
+        how = f"validation from {cfg.test_data}"
+    else:
+        train_idx, val_idx = stratified_split(crops.labels, cfg.val_fraction, cfg.seed)
+        train_set, val_set = crops.subset(train_idx), crops.subset(val_idx)
+        how = f"stratified {cfg.val_fraction:.0%}, seed {cfg.seed}"
+    info = {"kind": "crops", "path": str(path), "sha256": content_hash(crops), "counts": crops.counts(),
+            "skipped": len(crops.skipped), "split": how}
+    return Source(path.name, train_set, val_set, info, crops.skipped)
+
+
+def _scene_source(path: Path, cfg: TrainConfig) -> Source:
+    from training.splits import DEFAULT_SEED, DEFAULT_VAL_FRACTION, split_scenes
+
+    train_photos, val_photos = split_scenes(path)
+    crop = Crop(margin=cfg.crop_margin)
+    train_set = load_scene_crops(path, train_photos, cfg.input_size, crop)
+    val_set = load_scene_crops(path, val_photos, cfg.input_size, crop)
+    photos = sorted(train_photos + val_photos)
+    info = {"kind": "scenes", "path": str(path),
+            "sha256": file_hash([path, *photos]),  # the labels file, then every photo in name order
+            "counts": CropSet.concat([train_set, val_set]).counts(), "photos": len(photos),
+            "train_photos": len(train_photos), "validation_photos": len(val_photos),
+            "skipped": len(train_set.skipped) + len(val_set.skipped),
+            "split": f"by photo and near-duplicate group (training.splits), {DEFAULT_VAL_FRACTION:.0%} of photos, "
+                     f"seed {DEFAULT_SEED}",
+            "crop": asdict(crop)}
+    return Source(path.parent.name, train_set, val_set, info, train_set.skipped + val_set.skipped)
+
+
+def sources_hash(sources: list[Source]) -> str:
+    """One sha256 naming the whole training data: over each source's name and sha256, in the order given."""
+    import hashlib
+
+    return hashlib.sha256("".join(f"{s.name}\0{s.info['sha256']}\n" for s in sources).encode()).hexdigest()
+
+
+def load_sources(cfg: TrainConfig) -> list[Source]:
+    sources = []
+    for path in cfg.data_list:
+        if path.suffix.lower() == ".csv":
+            if not path.is_file():
+                raise DataError(f"{path}: scene labels not found")
+            source = _scene_source(path, cfg)
+        else:
+            source = _crop_source(path, cfg)
+        source.info.update(train_counts=source.train.counts(), validation_counts=source.val.counts())
+        log.info("%s: train %s, validation %s", path, source.info["train_counts"], source.info["validation_counts"])
+        sources.append(source)
+    if not sources:
+        raise DataError("no data source given")
+    return sources
 
 
 def _strategy():
@@ -59,14 +149,17 @@ def _strategy():
 def _datasets(cfg: TrainConfig, train_x, train_y, val_x, val_y):
     import tensorflow as tf
 
-    aug = augmentation()
-    train = (
-        tf.data.Dataset.from_tensor_slices((train_x, train_y))
-        .shuffle(len(train_y), seed=cfg.seed, reshuffle_each_iteration=True)
-        .batch(cfg.batch_size)
-        .map(lambda x, y: (aug(tf.cast(x, tf.float32), training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
-        .prefetch(tf.data.AUTOTUNE)
-    )
+    s = cfg.input_size
+    epoch = iter(range(10**6))  # a new seed per epoch: each epoch sees new augmentations in a new order
+
+    def generate():
+        yield from batches(train_x, train_y, cfg.batch_size, cfg.seed * 1000 + next(epoch), cfg.augment)
+
+    n_batches = -(-len(train_y) // cfg.batch_size)
+    train = (tf.data.Dataset.from_generator(generate, output_signature=(
+        tf.TensorSpec((None, s, s, 3), tf.float32), tf.TensorSpec((None,), tf.int64)))
+        .apply(tf.data.experimental.assert_cardinality(n_batches))  # Keras then knows an epoch's length
+        .prefetch(4))
     val = tf.data.Dataset.from_tensor_slices((tf.cast(val_x, tf.float32), val_y)).batch(64)
     return train, val
 
@@ -76,8 +169,31 @@ def _fit(model, cfg: TrainConfig, train, val, epochs: int, lr: float, weights: d
 
     model.compile(optimizer=keras.optimizers.Adam(lr), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience, restore_best_weights=True)
-    history = model.fit(train, validation_data=val, epochs=epochs, class_weight=weights, callbacks=[stop], verbose=1)
+    history = model.fit(train, validation_data=val, epochs=epochs, class_weight=weights, callbacks=[stop], verbose=2)
     return history.history
+
+
+def _threshold_source(sources: list[Source]) -> Source | None:
+    """The door threshold is chosen on the first scene source's validation part: real photos, cut as the
+    appliance cuts them."""
+    return next((s for s in sources if s.info["kind"] == "scenes"), None)
+
+
+def _prepare(cfg: TrainConfig):
+    """Sources, the concatenated train and validation crops, the labels the model learns, and its class count."""
+    sources = load_sources(cfg)
+    train_set = CropSet.concat([s.train for s in sources])
+    val_set = CropSet.concat([s.val for s in sources])
+    has_incorrect = bool((train_set.labels == LABELS.index("incorrect_mask")).any())
+    n_classes = cfg.classes or (3 if has_incorrect else 2)
+    if n_classes not in (2, 3):
+        raise DataError(f"--classes {n_classes}: must be 2 or 3")
+    if n_classes == 3 and not has_incorrect:
+        raise DataError("--classes 3: no training source has incorrect_mask faces")
+    # Labels the model learns; evaluation always keeps the true three classes, so folding is measured the same way.
+    train_y = train_set.labels if n_classes == 3 else fold_incorrect(train_set.labels)
+    val_y = val_set.labels if n_classes == 3 else fold_incorrect(val_set.labels)
+    return sources, train_set, val_set, train_y, val_y, n_classes
 
 
 def train(cfg: TrainConfig) -> dict:
@@ -89,69 +205,146 @@ def train(cfg: TrainConfig) -> dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    crops = load_crops(cfg.data, cfg.input_size)
-    log.info("%s: %d crops %s, %d skipped", cfg.data, len(crops), crops.counts(), len(crops.skipped))
-    if cfg.test_data:
-        train_set, val_set = crops, load_crops(cfg.test_data, cfg.input_size)
-    else:
-        train_idx, val_idx = stratified_split(crops.labels, cfg.val_fraction, cfg.seed)
-        train_set, val_set = crops.subset(train_idx), crops.subset(val_idx)
-    weights = class_weights(train_set.labels)
+    sources, train_set, val_set, train_y, val_y, n_classes = _prepare(cfg)
+    weights = class_weights(train_y, cfg.class_weight_power)
+    log.info("%d training crops, %d validation crops, %d classes, class weights %s", len(train_set), len(val_set),
+             n_classes, weights)
 
     with _strategy().scope():
-        model = build_model(cfg.input_size, cfg.alpha, cfg.base_weights)
-    train_ds, val_ds = _datasets(cfg, train_set.images, train_set.labels, val_set.images, val_set.labels)
+        model = build_model(cfg.input_size, cfg.alpha, cfg.base_weights, n_classes)
+    train_ds, val_ds = _datasets(cfg, train_set.images, train_y, val_set.images, val_y)
     histories = [_fit(model, cfg, train_ds, val_ds, cfg.epochs, cfg.learning_rate, weights)]
     if cfg.fine_tune_epochs > 0:
         unfreeze_top(model, cfg.fine_tune_layers)
         histories.append(_fit(model, cfg, train_ds, val_ds, cfg.fine_tune_epochs, cfg.fine_tune_learning_rate,
                               weights))
     model.save(out / "model.keras")
+    return _finish(cfg, model, sources, train_set, val_set, weights, n_classes, histories, started)
 
-    float_p = model.predict(val_set.images.astype(np.float32), batch_size=64, verbose=0)[:, 1]
+
+def export_trained(cfg: TrainConfig, keras_path: Path) -> dict:
+    """Export, evaluate and card a float model that `train` saved (its model.keras), on the same data sources:
+    for a new calibration or threshold without training again. The card records where the model came from."""
+    import keras
+
+    started = time.monotonic()
+    keras.utils.set_random_seed(cfg.seed)
+    Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    if not Path(keras_path).is_file():
+        raise FileNotFoundError(f"--keras {keras_path}: no such file")
+    model = keras.models.load_model(keras_path, compile=False)
+    cfg = replace(cfg, input_size=int(model.input_shape[1]))
+    sources, train_set, val_set, train_y, _, n_classes = _prepare(cfg)
+    if int(model.output_shape[-1]) != n_classes:
+        raise DataError(f"--keras {keras_path}: {model.output_shape[-1]} outputs, but the data give {n_classes} "
+                        "classes (set --classes)")
+    train_info = Path(keras_path).with_name("report.json")
+    histories = []
+    if train_info.is_file():
+        import json
+
+        histories = json.loads(train_info.read_text()).get("histories", [])
+    weights = class_weights(train_y, cfg.class_weight_power)
+    return _finish(cfg, model, sources, train_set, val_set, weights, n_classes, histories, started,
+                   exported_from=str(keras_path))
+
+
+def _finish(cfg: TrainConfig, model, sources: list[Source], train_set: CropSet, val_set: CropSet, weights: dict,
+            n_classes: int, histories: list[dict], started: float, exported_from: str | None = None) -> dict:
+    out = Path(cfg.out)
+    float_probs = model.predict(val_set.images.astype(np.float32), batch_size=64, verbose=0)
+    float_p = not_masked(float_probs)
     rng = np.random.default_rng(cfg.seed)
     calib = train_set.images[rng.choice(len(train_set), min(cfg.calibration_samples, len(train_set)), replace=False)]
+    chooser = _threshold_source(sources)
+    choice: dict = {}
+
+    def pick_threshold(classifier: MaskClassifier) -> float:
+        if cfg.threshold is not None:
+            choice.update(rule=f"given: --threshold {cfg.threshold}")
+            return cfg.threshold
+        if chooser is None:
+            # Crop folders hold near-duplicates across the split: a threshold fitted on them would only be fitted
+            # to them. Without real photos to choose on, keep the neutral 0.5.
+            choice.update(threshold=0.5, rule="0.5: no scene source to choose on (the door's rule needs real "
+                                              "photos: lowest FNR with TNR >= 0.97 on a scene validation part)")
+            return 0.5
+        choice.update(report.choose_threshold(classifier.predict(chooser.val.images), chooser.val.labels),
+                      source=f"{chooser.name} validation part")
+        return choice["threshold"]
+
     training_info = {
-        "data": str(cfg.data),
-        "data_sha256": content_hash(crops),
-        "counts": crops.counts(),
-        "skipped": len(crops.skipped),
+        "sources": [{"name": s.name, **s.info} for s in sources],
+        "data_sha256": sources_hash(sources),
         "train_counts": train_set.counts(),
         "validation_counts": val_set.counts(),
-        "validation": str(cfg.test_data) if cfg.test_data else f"stratified {cfg.val_fraction:.0%}, seed {cfg.seed}",
+        "classes": n_classes,
+        "class_weights": {LABELS[k]: round(v, 4) for k, v in weights.items()},
+        "augmentation": "training.augment (geometric, neighbour, erase, colour, low light, blur, down-up, jpeg)"
+        if cfg.augment else "none",
         "base": f"MobileNetV2 alpha {cfg.alpha}, ImageNet ({Path(cfg.base_weights).name})",
         "epochs_run": [len(h["loss"]) for h in histories],
-        "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
+        "exported_from": exported_from,
+        "config": {k: [str(x) for x in v] if isinstance(v, list) else str(v) if isinstance(v, Path) else v
+                   for k, v in asdict(cfg).items() if k != "sources"},
     }
+    if len(sources) == 1 and sources[0].info["kind"] == "crops":  # the single-folder card fields, as before
+        training_info.update(data=str(cfg.data_list[0]), data_sha256=sources[0].info["sha256"],
+                             counts=sources[0].info["counts"], skipped=sources[0].info["skipped"],
+                             validation=sources[0].info["split"])
     model_path = out / cfg.model_name
     card, parity = export(model, model_path, calib, val_set.images, val_set.labels,
-                          threshold=cfg.threshold, crop=Crop(margin=cfg.crop_margin), training=training_info,
-                          io_dtype=cfg.io_dtype)
-    tflite_p = MaskClassifier(model_path).predict(val_set.images)
-    validation = report.crop_metrics(tflite_p, val_set.labels, cfg.threshold)
-    table = report.threshold_table(tflite_p, val_set.labels)
-    card = replace(card, metrics={**card.metrics, "validation": {k: validation[k] for k in
-                                                                 ("accuracy", "tnr", "fnr", "roc_auc", "n")}})
+                          threshold=pick_threshold, crop=Crop(margin=cfg.crop_margin), training=training_info,
+                          io_dtype=cfg.io_dtype, min_agreement=cfg.min_agreement)
+    tflite = MaskClassifier(model_path)
+    threshold = card.threshold
+    tflite_probs = tflite.predict_all(val_set.images)
+    tflite_p = tflite.not_masked(tflite_probs)
+    validation = report.crop_metrics(tflite_p, val_set.labels, threshold, tflite_probs, card.labels)
+    per_source = {}
+    tables = {}
+    for s in sources:
+        probs = tflite.predict_all(s.val.images)
+        p = tflite.not_masked(probs)
+        per_source[s.name] = {k: v for k, v in report.crop_metrics(p, s.val.labels, threshold, probs, card.labels)
+                              .items() if k not in ("report",)}
+        tables[s.name] = report.threshold_table(p, s.val.labels)
+    keep = ("accuracy", "tnr", "fnr", "incorrect_stopped", "roc_auc", "n")
+    card = replace(card, metrics={
+        **card.metrics,
+        "threshold_choice": choice,
+        "validation": {k: validation[k] for k in keep},
+        "validation_by_source": {name: {k: m[k] for k in (*keep, "confusion", "confusion_labels")}
+                                 for name, m in per_source.items()},
+    })
     card.save(model_path.with_suffix(".json"))
     if cfg.float16:
         export(model, out / cfg.model_name.replace(".tflite", "_fp16.tflite"), calib, val_set.images,
-               val_set.labels, threshold=cfg.threshold, crop=Crop(margin=cfg.crop_margin), training=training_info,
-               float16=True)
+               val_set.labels, threshold=threshold, crop=Crop(margin=cfg.crop_margin), training=training_info,
+               float16=True, min_agreement=cfg.min_agreement)
 
-    report.plot_history(histories, out / "curves.png")
-    report.plot_confusion(validation["confusion"], out / "confusion.png")
+    if histories:
+        report.plot_history(histories, out / "curves.png")
+    report.plot_confusion(validation["confusion"], out / "confusion.png", validation["confusion_labels"])
     report.plot_roc({"float keras": (float_p, val_set.labels), "int8 tflite": (tflite_p, val_set.labels)},
                     out / "roc.png")
     summary = {
         "model": str(model_path),
         "seconds": round(time.monotonic() - started, 1),
-        "validation_float": report.crop_metrics(float_p, val_set.labels, cfg.threshold),
+        "threshold": threshold,
+        "threshold_choice": choice,
+        "validation_float": report.crop_metrics(float_p, val_set.labels, threshold, float_probs, card.labels),
         "validation_tflite": validation,
+        "validation_by_source": per_source,
         "parity": parity.__dict__,
-        "skipped_files": crops.skipped,
-        "labels": list(LABELS),
+        "skipped_files": [k for s in sources for k in s.skipped],
+        "labels": list(card.labels),
+        "histories": [{k: [float(v) for v in vs] for k, vs in h.items()} for h in histories],
     }
     report.save_json(out / "report.json", summary)
-    report.save_json(out / "thresholds.json", table)
-    print(report.print_table(table))
+    report.save_json(out / "thresholds.json", tables)
+    print(f"threshold {threshold} ({choice.get('rule', '')}; {choice.get('source', '')})")
+    for name, table in tables.items():
+        print(f"validation part of {name}, int8 model, by threshold:")
+        print(report.print_table(table))
     return summary
