@@ -61,7 +61,7 @@ class SourceConfig:
 @dataclass
 class DetectorConfig:
     kind: Literal["yunet", "ssd"] = opt("yunet", "face detector: yunet (cv2.FaceDetectorYN) or ssd (res10 SSD)")
-    score_threshold: float = opt(0.6, "lowest detector score that counts as a face", 0.05, 0.99)
+    score_threshold: float = opt(0.5, "lowest detector score that counts as a face", 0.05, 0.99)
     nms_threshold: float = opt(0.3, "IoU above which overlapping detections are merged", 0.05, 0.95)
     top_k: int = opt(50, "most faces kept per frame", 1, 5000)
     max_side: int = opt(480, "frames are shrunk so their longer side is at most this before detection", 64, 4096)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
@@ -77,6 +78,12 @@ def main(argv: list[str] | None = None) -> int:
     _train_parser(sub)
     _train_parser(sub, export=True)
     _evaluate_parser(sub)
+    # Commands that bring their own arguments: module name -> help.
+    for name, help_text in (("visits", "door-level evaluation: approach videos made from labelled photos, judged by "
+                                       "the real pipeline and policy"),
+                            ("label", "label the crops `mask-deploy pull` fetched, in a page on 127.0.0.1"),
+                            ("gate", "score NEW against the model at the door; the verdict goes into NEW's card")):
+        importlib.import_module(f"training.{name}").add_arguments(sub.add_parser(name, help=help_text))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -91,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
 
             fields = {k: v for k, v in vars(args).items() if k not in ("command", "verbose", "keras")}
             export_trained(TrainConfig(**fields), args.keras)
+        elif args.command in ("visits", "label", "gate"):
+            return importlib.import_module(f"training.{args.command}").run(args)
         else:
             from training.evaluate import evaluate_cli
 
