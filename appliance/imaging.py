@@ -11,8 +11,11 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
 
 def read_bgr(path: Path) -> np.ndarray | None:
-    """The image at `path` as BGR uint8, or None where it is missing, corrupt or not an image."""
-    data = np.fromfile(str(path), dtype=np.uint8) if Path(path).is_file() else None
+    """The image at `path` as BGR uint8, or None where it is missing, unreadable, corrupt or not an image."""
+    try:
+        data = np.fromfile(str(path), dtype=np.uint8) if Path(path).is_file() else None
+    except OSError:  # no permission, an I/O error: skipped and counted like a corrupt file
+        return None
     if data is None or data.size == 0:
         return None
     image = cv2.imdecode(data, cv2.IMREAD_COLOR)

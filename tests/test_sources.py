@@ -219,3 +219,32 @@ def test_a_stream_that_accepts_and_never_answers_is_given_up_on_within_the_open_
         conn.close()
     assert not opened
     assert waited < 5, f"open waited {waited:.1f} s for a stream that never answers"
+
+
+@pytest.mark.parametrize("shape", [(4, 4000, 3), (4000, 4, 3), (1, 1, 3)])
+def test_frames_of_extreme_shapes_are_detected_on_not_crashed_on(shape):
+    """A 4000x4 frame used to shrink to 480x0, and OpenCV raised inside detect()."""
+    from appliance.classifier import MaskClassifier
+    from appliance.sources import Frame
+
+    pipeline = Pipeline(make_detector(DetectorConfig()), MaskClassifier(SHIPPED))
+    assert pipeline.run(Frame(np.full(shape, 128, np.uint8), 0.0, 0)) == []
+
+
+def test_an_image_that_cannot_be_read_is_skipped_and_counted(tmp_path):
+    import os
+
+    from appliance.imaging import read_bgr
+    from appliance.sources import ImageSource
+
+    good = scene_images("with_mask", limit=1)[0]
+    locked = tmp_path / "locked.jpg"
+    locked.write_bytes(good.read_bytes())
+    locked.chmod(0)
+    if os.geteuid() == 0:  # root reads any mode: make the read itself fail, as an I/O error would
+        locked.unlink()
+        locked.mkdir()  # is_file() is False: a folder named like an image
+    assert read_bgr(locked) is None
+    source = ImageSource([locked, good], still_frames=1)
+    frames = list(source.frames())
+    assert len(frames) == 1 and source.skipped == 1
