@@ -85,3 +85,19 @@ def model_dir(tmp_path) -> Path:
     for suffix in (".tflite", ".json"):
         shutil.copy(SHIPPED.with_suffix(suffix), d / SHIPPED.with_suffix(suffix).name)
     return d
+
+
+def pi_service_config(state: Path, tmp_path: Path, source: str, extra: str = "") -> Path:
+    """A fake Pi: the shipped model in state/models, one unmasked scene photo as the camera, and a config file
+    for `mask-appliance run` on them (`source`: more [source] lines; `extra`: more sections)."""
+    (state / "models").mkdir(parents=True)
+    for suffix in (".tflite", ".json"):
+        shutil.copy(SHIPPED.with_suffix(suffix), state / "models" / f"mask_classifier{suffix}")
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    shutil.copy(scene_images("without_mask", limit=1)[0], frames)
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(f'[source]\nspec = "{frames}"\n{source}'
+                   f'[classifier]\nmodel = "{state}/models/mask_classifier.tflite"\n'
+                   f'[events]\ndatabase = "{state}/events.db"\n{extra}')
+    return cfg

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, SHIPPED, scene_images
+from conftest import REPO, SHIPPED, pi_service_config
 from test_deploy import (  # noqa: F401 (fixtures)
     deploy,
     deploy_user,
@@ -189,16 +189,7 @@ def test_the_upload_timeout_is_an_option_and_a_timed_out_upload_leaves_nothing(s
 
 def _service_process(state: Path, tmp_path: Path) -> subprocess.Popen:
     """The real service as its own process (`mask-appliance run`), on a still scene, in a fake Pi's state folder."""
-    (state / "models").mkdir(parents=True)
-    for suffix in (".tflite", ".json"):
-        shutil.copy(SHIPPED.with_suffix(suffix), state / "models" / f"mask_classifier{suffix}")
-    frames = tmp_path / "frames"
-    frames.mkdir()
-    shutil.copy(scene_images("without_mask", limit=1)[0], frames)
-    cfg = tmp_path / "config.toml"
-    cfg.write_text(f'[source]\nspec = "{frames}"\nstill_frames = 1000\nfps = 5\n'
-                   f'[classifier]\nmodel = "{state}/models/mask_classifier.tflite"\n'
-                   f'[events]\ndatabase = "{state}/events.db"\n[service]\nstatus_interval = 1\n')
+    cfg = pi_service_config(state, tmp_path, "still_frames = 1000\nfps = 5\n", "[service]\nstatus_interval = 1\n")
     env = {**os.environ, "GPIOZERO_PIN_FACTORY": "mock"}
     proc = subprocess.Popen([str(Path(sys.executable).parent / "mask-appliance"), "run", "--config", str(cfg)],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -11,14 +11,13 @@ import errno
 import json
 import os
 import re
-import shutil
 import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, SHIPPED, scene_images
+from conftest import REPO, pi_service_config
 
 UNIT = REPO / "systemd/mask-appliance.service"
 
@@ -113,16 +112,7 @@ def test_the_service_runs_a_scene_under_the_units_system_call_filter(tmp_path):
     assert probe.returncode == 1 and "PermissionError" in probe.stderr
     # the real service under it: starts, decides on a scene without a mask, stops at the scene's end cleanly
     state = tmp_path / "state"
-    (state / "models").mkdir(parents=True)
-    for suffix in (".tflite", ".json"):
-        shutil.copy(SHIPPED.with_suffix(suffix), state / "models" / f"mask_classifier{suffix}")
-    frames = tmp_path / "frames"
-    frames.mkdir()
-    shutil.copy(scene_images("without_mask", limit=1)[0], frames)
-    cfg = tmp_path / "config.toml"
-    cfg.write_text(f'[source]\nspec = "{frames}"\nstill_frames = 40\n'
-                   f'[classifier]\nmodel = "{state}/models/mask_classifier.tflite"\n'
-                   f'[events]\ndatabase = "{state}/events.db"\n')
+    cfg = pi_service_config(state, tmp_path, "still_frames = 40\n")
     env = {**os.environ, "GPIOZERO_PIN_FACTORY": "mock", "PYTHONNOUSERSITE": "1"}
     proc = subprocess.run([str(Path(sys.executable).parent / "mask-appliance"), "run", "--config", str(cfg)],
                           env=env, preexec_fn=load, capture_output=True, text=True, timeout=180)
