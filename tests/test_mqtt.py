@@ -195,6 +195,8 @@ def test_discovery_availability_state_and_one_event_per_decision(broker, tmp_pat
         wait_for(lambda: sub.on("mask-appliance/door-1/availability"), what="availability")
         log.status(STATUS)
         record("start", None, model="ab" * 32, door="released")
+        # the first state comes from that status; under load the decisions below could otherwise overtake it
+        wait_for(lambda: sub.on("mask-appliance/door-1/state"), what="the first state")
         record("decision", "allow", masked=1, unmasked=0, incorrect=0, door="released")
         record("decision", "deny", masked=0, unmasked=1, incorrect=0, door="locked")
         record("fault", None, what="no frames", seconds=3.0, door="released")
