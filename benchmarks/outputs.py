@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import socket
 import statistics
 import subprocess
@@ -91,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=240, help="frames per round (default 240)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
+    os.environ.setdefault("MASK_APPLIANCE_ASSETS", str(REPO.parent / "shared" / "assets"))  # the mirror, as tests do
     tmp = Path(tempfile.mkdtemp(prefix="bench-outputs-"))
     port = free_port()
     (tmp / "mosquitto.conf").write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
