@@ -130,17 +130,18 @@ def test_the_wait_rides_out_a_status_that_cannot_be_read_yet(sshd, pis, variants
     for suffix in (".tflite", ".json"):
         shutil.copy(SHIPPED.with_suffix(suffix), state / "models" / f"mask_classifier{suffix}")
     result: list[subprocess.CompletedProcess] = []
-    push = threading.Thread(target=lambda: result.append(playbook(sshd, tmp_path, ["pi-b"], variants(6))))
+    model = variants(6)  # made once, here: the push thread and this loop both need it
+    push = threading.Thread(target=lambda: result.append(playbook(sshd, tmp_path, ["pi-b"], model)))
     push.start()
     deadline = time.monotonic() + 120
-    while sha_of(state / "models" / "mask_classifier.tflite") != sha_of(variants(6)):
+    while sha_of(state / "models" / "mask_classifier.tflite") != sha_of(model):
         assert time.monotonic() < deadline and push.is_alive(), result and result[0].stdout
         time.sleep(0.2)
     time.sleep(2)  # the playbook polls a missing status.json meanwhile
     (pi,) = pis("pi-b", fresh=False)  # the service comes up on the new model
     push.join(120)
     assert result[0].returncode == 0, result[0].stdout
-    assert pi.sha256 == sha_of(variants(6))
+    assert pi.sha256 == sha_of(model)
     assert models_of(state)["mask_classifier.previous.tflite"] == SHIPPED_SHA
 
 
