@@ -33,6 +33,10 @@ SHARED = REPO.parent / "shared"
 # The int8 model's output moves in steps of 1/256; a few steps either way is arithmetic, not a different answer.
 P_TOL = 0.02
 BOX_TOL_PX = 2.0
+# A box that moved (by at most BOX_TOL_PX: another OpenCV resizes a little differently) is another crop, and the
+# three-class model answers another crop with another p: on Trixie (OpenCV 4.14 against 5.0 here) a 1 px shift moved
+# one confidently masked face from 0.070 to 0.047. The labels must still agree.
+P_TOL_MOVED = 0.05
 
 
 @dataclass(frozen=True)
@@ -134,7 +138,7 @@ def compare(reference: dict[str, list[dict]], arm: dict[str, list[dict]],
                 problems.append(f"{name}: face at {face['box']} is {match['label']} on arm64, {face['label']} here")
             if box_gap > box_tol:
                 problems.append(f"{name}: face at {face['box']} boxed {match['box']} on arm64 ({box_gap:.1f} px)")
-            if p_gap > p_tol:
+            if p_gap > (p_tol if box_gap == 0 else max(p_tol, P_TOL_MOVED)):
                 problems.append(f"{name}: face at {face['box']} p_without_mask {match['p_without_mask']} on arm64, "
                                 f"{face['p_without_mask']} here")
         problems += [f"{name}: arm64 found a face at {f['box']} that this machine did not" for f in left]
@@ -163,7 +167,8 @@ def run_board(sysroot: Sysroot, cpu: Cpu, config: Path, detect: list[str], refer
         return False, [f"detect exited {guest.returncode}", *guest.stderr.strip()[-2000:].splitlines()]
     problems, worst = compare(reference, parse_detect(guest.stdout))
     summary = (f"{worst['faces']} faces, {worst['labels_differ']} labels differ; largest gaps: box "
-               f"{worst['box_px']:.1f} px (allowed {BOX_TOL_PX}), p_without_mask {worst['p']:.4f} (allowed {P_TOL})")
+               f"{worst['box_px']:.1f} px (allowed {BOX_TOL_PX}), p_without_mask {worst['p']:.4f} (allowed {P_TOL}, "
+               f"{P_TOL_MOVED} where the box moved)")
     return not problems, [*problems, summary]
 
 

@@ -134,3 +134,15 @@ def test_images_are_spread_over_the_folder():
     assert everything.index(picked[-1]) >= len(everything) * 5 // 6 - 1
     with pytest.raises(RuntimeError, match="need 100000"):
         pi_check.pick_images(SCENES / "images", 100000)
+
+
+def test_a_moved_box_may_move_p_a_little_more_but_an_unmoved_one_may_not():
+    arm = copy.deepcopy(REFERENCE)
+    arm["a.jpg"][1]["box"][0] += 1.0  # another crop ...
+    arm["a.jpg"][1]["p_without_mask"] = 0.0117 + 0.03  # ... and so another p, the label the same
+    assert pi_check.compare(REFERENCE, arm)[0] == []
+    arm["a.jpg"][1]["p_without_mask"] = 0.0117 + 0.06
+    assert len(pi_check.compare(REFERENCE, arm)[0]) == 1
+    still = copy.deepcopy(REFERENCE)
+    still["a.jpg"][1]["p_without_mask"] = 0.0117 + 0.03  # the same box: only arithmetic may differ
+    assert len(pi_check.compare(REFERENCE, still)[0]) == 1
