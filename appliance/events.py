@@ -74,6 +74,36 @@ def _row(row: tuple) -> dict[str, Any]:
     return {"id": rid, "time": t, "kind": kind, "state": state, "detail": json.loads(detail)}
 
 
+def _query(database: Path, sql: str, args: tuple = ()) -> list[tuple]:
+    """The rows of one read-only query of an event log; none where the log cannot be read yet (no file, no table)."""
+    try:
+        with closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=BUSY_TIMEOUT)) as db:
+            return db.execute(sql, args).fetchall()
+    except sqlite3.Error:
+        return []
+
+
+def last_id(database: Path) -> int:
+    """The id of the newest event in the log at `database` (0 for none)."""
+    rows = _query(database, "SELECT COALESCE(MAX(id), 0) FROM events")
+    return int(rows[0][0]) if rows else 0
+
+
+def decision_counts(database: Path, since: float | None = None) -> dict[str, int]:
+    """How many decisions of each kind (idle/allow/deny) the log holds, all of them or those from `since` on."""
+    sql = "SELECT state, COUNT(*) FROM events WHERE kind = 'decision'"
+    rows = _query(database, f"{sql} GROUP BY state") if since is None else \
+        _query(database, f"{sql} AND time >= ? GROUP BY state", (since,))
+    return {str(state): int(n) for state, n in rows}
+
+
+def recent_decisions(database: Path, limit: int) -> list[dict[str, Any]]:
+    """The newest `limit` decisions, oldest first, as the records outputs receive."""
+    rows = _query(database, "SELECT id, time, kind, state, detail FROM events WHERE kind = 'decision' "
+                            "ORDER BY id DESC LIMIT ?", (limit,))
+    return [_row(r) for r in reversed(rows)]
+
+
 class EventLog:
     """The SQLite event log (WAL, so readers such as `mask-deploy status` never block it), its writer thread and
     the outputs subscribed to it.

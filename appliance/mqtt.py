@@ -21,7 +21,6 @@ import logging
 import queue
 import re
 import socket
-import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -31,6 +30,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 from appliance import __version__
+from appliance import events as events_mod
 from appliance.config import ConfigError, MqttConfig
 
 log = logging.getLogger(__name__)
@@ -68,22 +68,6 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-zA-Z0-9_-]", "_", text).strip("_") or "appliance"
 
 
-def _db_summary(database: Path) -> tuple[int, dict[str, int]]:
-    """The last event id and the number of decisions of each kind in the log."""
-    try:
-        db = sqlite3.connect(f"file:{Path(database)}?mode=ro", uri=True, timeout=2)
-    except sqlite3.Error:
-        return 0, {}
-    try:
-        last = db.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0]
-        counts = dict(db.execute("SELECT state, COUNT(*) FROM events WHERE kind = 'decision' GROUP BY state"))
-    except sqlite3.Error:
-        return 0, {}
-    finally:
-        db.close()
-    return int(last), {str(k): int(v) for k, v in counts.items()}
-
-
 class _NotConnectedNoise(logging.Filter):
     """paho logs "Client is not connected" as an error each time its loop runs without a socket (a broker away,
     a disconnect at stop); our own outage line already says so once."""
@@ -115,7 +99,8 @@ class MqttOutput:
         self.topic_event = f"{self.prefix}/event"
         self.dropped = 0  # messages shed: queue full, or paho's own queue full for a state message
         self.published_events = 0
-        last_id, counts = _db_summary(self.database) if self.database else (0, {})
+        last_id = events_mod.last_id(self.database) if self.database else 0
+        counts = events_mod.decision_counts(self.database) if self.database else {}
         self._base_id = last_id  # events up to here were the business of an earlier run
         self._sent_id = last_id  # the last event id handed to paho while connected
         self._acked_id = last_id  # the last event id the broker acknowledged
@@ -393,7 +378,7 @@ class MqttOutput:
         most (a week-long outage is not replayed whole; what is skipped stays in the log and is logged)."""
         if not hasattr(self.events, "since"):
             return  # no event log to read from: what the broker missed is in the journal only
-        last, _ = _db_summary(self.database) if self.database else (0, {})
+        last = events_mod.last_id(self.database) if self.database else 0
         if last - self._sent_id > self.cfg.backlog:
             log.warning("mqtt: events %d..%d are not sent (more than backlog = %d); they stay in the event log",
                         self._sent_id + 1, last - self.cfg.backlog, self.cfg.backlog)

@@ -20,7 +20,6 @@ import hmac
 import json
 import logging
 import socket
-import sqlite3
 import threading
 import time
 from collections import deque
@@ -31,6 +30,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from appliance import events as events_mod
 from appliance.config import ConfigError, HttpConfig
 from appliance.metrics import CONTENT_TYPE, Metrics
 
@@ -113,23 +113,11 @@ class StatusServer:
     def _prime(self, database: Path) -> None:
         """Today's counts and the last decisions from the log, so a restart does not blank the page."""
         midnight = datetime.combine(date.today(), datetime.min.time()).timestamp()
-        try:
-            db = sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=2)
-        except sqlite3.Error:
-            return
-        try:
-            for state, n in db.execute("SELECT state, COUNT(*) FROM events WHERE kind = 'decision' AND time >= ? "
-                                       "GROUP BY state", (midnight,)):
-                if state in self._today:
-                    self._today[state] = int(n)
-            rows = db.execute("SELECT id, time, kind, state, detail FROM events WHERE kind = 'decision' "
-                              "ORDER BY id DESC LIMIT ?", (RECENT,)).fetchall()
-        except sqlite3.Error:
-            return  # no log yet: an empty page is right
-        finally:
-            db.close()
-        for rid, t, _, state, detail in reversed(rows):
-            self._recent.append(_decision_row({"id": rid, "time": t, "state": state, "detail": json.loads(detail)}))
+        for state, n in events_mod.decision_counts(database, since=midnight).items():
+            if state in self._today:
+                self._today[state] = n
+        for record in events_mod.recent_decisions(database, RECENT):  # none yet: an empty page is right
+            self._recent.append(_decision_row(record))
 
     # -- the Output protocol (event writer thread: quick, never blocks on a client) ------------------------------
     def on_record(self, record: dict) -> None:
