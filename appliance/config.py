@@ -1,34 +1,32 @@
-"""The appliance's configuration: typed dataclasses, loaded from one TOML file and validated at start.
+"""The appliance's configuration: one TOML file, declared here as typed dataclasses, validated at start.
 
-Every field carries its default, its bounds and a one-line description; an unknown key, a wrong type, a value out of
-bounds, two devices on one pin or a missing model refuses to start with one line naming the key and the value.
+Every field carries its default, its bounds and a one-line description (`opt`); the generic engine that reads,
+checks and prints them is appliance/checking.py. An unknown key, a wrong type, a value out of bounds or two devices
+on one pin is refused by `parse`/`load` with one line naming the file, key and value; `check_files` refuses a model
+file that is not there, and the commands that need the model call it (validation itself touches no file).
+
+Over 200 lines for one reason: each of the ~80 keys is declared here with its help text, so that this file is the
+reference for every setting (`mask-appliance config` prints it); the logic is in the last ~90 lines.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import tomllib
-import types
-import typing
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from appliance import MODELS_DIR
+from appliance.checking import ConfigError, describe_sections, opt, parse_sections, section
+
+# Importable from here as ever: the other modules and the tests import these names from appliance.config.
+__all__ = ["DEFAULT_PATH", "ClassifierConfig", "CollectConfig", "Config", "ConfigError", "DetectorConfig",
+           "EventsConfig", "GpioConfig", "HttpConfig", "MqttConfig", "PolicyConfig", "ServiceConfig", "SourceConfig",
+           "check_files", "describe", "load", "opt", "parse", "validate"]
 
 DEFAULT_PATH = Path("/etc/mask-appliance/config.toml")
-
-
-class ConfigError(ValueError):
-    """The configuration cannot be used; the message names the file, key and value."""
-
-
-def opt(default: Any, help: str, lo: float | None = None, hi: float | None = None, factory=None):
-    meta = {"help": help, "lo": lo, "hi": hi}
-    if factory is not None:
-        return field(default_factory=factory, metadata=meta)
-    return field(default=default, metadata=meta)
+_section = section  # tests build one section alone with config._section(origin, name, cls, table)
 
 
 def _state_dir() -> Path:
@@ -42,6 +40,8 @@ def _state_dir() -> Path:
 
 @dataclass
 class SourceConfig:
+    """Where frames come from (`--source` overrides spec), and the limits on what is decoded."""
+
     spec: str = opt("picamera2", "picamera2, a camera index or /dev/videoN, rtsp:// or http:// URL, video file, "
                     "image folder or glob")
     main_size: tuple[int, int] = opt((1280, 960), "picamera2 main stream (faces are cropped from it)", 16, 8192)
@@ -63,6 +63,8 @@ class SourceConfig:
 
 @dataclass
 class DetectorConfig:
+    """The face detector, the size it detects at, and how its boxes are grown to the labelled face."""
+
     kind: Literal["yunet", "ssd"] = opt("yunet", "face detector: yunet (cv2.FaceDetectorYN) or ssd (res10 SSD)")
     score_threshold: float = opt(0.5, "lowest detector score that counts as a face", 0.05, 0.99)
     nms_threshold: float = opt(0.3, "IoU above which overlapping detections are merged", 0.05, 0.95)
@@ -76,6 +78,8 @@ class DetectorConfig:
 
 @dataclass
 class ClassifierConfig:
+    """The mask model (with its card beside it), its threads, and the threshold that flags a face."""
+
     model: Path = opt(None, "the .tflite model; its .json card must sit beside it",
                       factory=lambda: MODELS_DIR / "mask_classifier.tflite")
     threads: int = opt(2, "LiteRT threads (4 on a Pi 4 or 5)", 1, 64)
@@ -85,6 +89,8 @@ class ClassifierConfig:
 
 @dataclass
 class PolicyConfig:
+    """How faces' votes settle into a decision and how long a decision holds: see policy.py."""
+
     mode: Literal["lock-on-unmasked", "unlock-on-masked"] = opt(
         "lock-on-unmasked", "lock-on-unmasked: relay locks or alarms while an unmasked face is present; "
         "unlock-on-masked: the door is released only while every face present is masked")
@@ -110,6 +116,8 @@ class PolicyConfig:
 
 @dataclass
 class GpioConfig:
+    """The relay, buzzer and LED pins (BCM numbers) and the door's fail state."""
+
     relay_pin: int | None = opt(17, "BCM pin of the door relay; unset: no relay", 0, 27)
     relay_active_high: bool = opt(True, "the relay board energizes on a high pin (false: on a low pin)")
     relay_energized: Literal["locked", "released"] = opt(
@@ -130,6 +138,8 @@ class GpioConfig:
 
 @dataclass
 class EventsConfig:
+    """The event log's SQLite file, printed decisions, and whether face images are kept."""
+
     database: Path = opt(None, "SQLite file for decisions, faults and model swaps",
                          factory=lambda: _state_dir() / "events.db")
     print_decisions: bool = opt(False, "also print each decision on stdout")
@@ -140,6 +150,8 @@ class EventsConfig:
 
 @dataclass
 class ServiceConfig:
+    """The service's own clocks: status updates, the camera timeout, the model poll."""
+
     status_interval: float = opt(5.0, "seconds between STATUS= updates to systemd and the log", 0.5, 3600)
     camera_timeout: float = opt(3.0, "seconds without a frame before the door goes to its fail state", 0.5, 600)
     model_poll: float = opt(2.0, "seconds between checks of the model file for a new version", 0.2, 3600)
@@ -147,6 +159,8 @@ class ServiceConfig:
 
 @dataclass
 class MqttConfig:
+    """The MQTT output (off while host is empty)."""
+
     host: str = opt("", "MQTT broker host name or address; empty: MQTT off")
     port: int = opt(1883, "MQTT broker port (8883 is the usual one with TLS)", 1, 65535)
     username: str = opt("", "user name at the broker; empty: none")
@@ -163,6 +177,8 @@ class MqttConfig:
 
 @dataclass
 class HttpConfig:
+    """The status page and /metrics server (off while listen is empty)."""
+
     listen: str = opt("", 'address:port that serves /metrics, /status.json and the status page, e.g. '
                       '"127.0.0.1:8080" or "0.0.0.0:8080"; empty: no server, nothing listens')
     token_file: Path | None = opt(None, "file whose first line is a token every request must carry (header "
@@ -173,6 +189,8 @@ class HttpConfig:
 
 @dataclass
 class CollectConfig:
+    """Keeping the faces the model is unsure of, for labelling and retraining (off by default)."""
+
     enabled: bool = opt(False, "keep the faces the model is unsure of (a small crop and a JSON line each) for "
                         "labelling and retraining; off: no face is kept. A shop may need a sign at the door")
     band: tuple[float, float] = opt((0.15, 0.85), "a face is kept when its p(without_mask) lies in this range (or "
@@ -192,6 +210,8 @@ class CollectConfig:
 
 @dataclass
 class Config:
+    """The whole file: one section per table, each optional."""
+
     source: SourceConfig = field(default_factory=SourceConfig)
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
@@ -204,77 +224,9 @@ class Config:
     collect: CollectConfig = field(default_factory=CollectConfig)
 
 
-def _check(origin: str, key: str, value: Any, hint: Any, meta: dict) -> Any:
-    """`value` converted to the field's type `hint`, or a ConfigError naming the key and value."""
-    bad = ConfigError(f"{origin}: {key} = {value!r} is not {_describe(hint)}")
-    args = typing.get_args(hint)
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        inner = [a for a in args if a is not type(None)][0]
-        return None if value is None else _check(origin, key, value, inner, meta)
-    if typing.get_origin(hint) is Literal:
-        if value not in args:
-            raise ConfigError(f"{origin}: {key} = {value!r} is not one of {', '.join(map(repr, args))}")
-        return value
-    if typing.get_origin(hint) is tuple:
-        if not isinstance(value, list | tuple) or len(value) != len(args):
-            raise bad
-        return tuple(_check(origin, f"{key}[{i}]", v, a, meta) for i, (v, a) in enumerate(zip(value, args,
-                                                                                              strict=True)))
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise bad
-        return value
-    if hint in (int, float):
-        if isinstance(value, bool) or not isinstance(value, int | float) or (hint is int and
-                                                                            not isinstance(value, int)):
-            raise bad
-        if not math.isfinite(value):  # nan compares false with every bound, so it would pass them all
-            raise ConfigError(f"{origin}: {key} = {value!r} is not a finite number")
-        lo, hi = meta.get("lo"), meta.get("hi")
-        if (lo is not None and value < lo) or (hi is not None and value > hi):
-            raise ConfigError(f"{origin}: {key} = {value!r} is outside {lo}..{hi}")
-        return hint(value)
-    if hint is Path:
-        if not isinstance(value, str) or not value:
-            raise bad
-        return Path(value).expanduser()
-    if hint is str:
-        if not isinstance(value, str):
-            raise bad
-        return value
-    raise bad
-
-
-def _describe(hint: Any) -> str:
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        return _describe([a for a in typing.get_args(hint) if a is not type(None)][0])
-    if origin is tuple:
-        return f"a list of {len(typing.get_args(hint))} values, each {_describe(typing.get_args(hint)[0])}"
-    return {bool: "true or false", int: "a whole number", float: "a number", Path: "a path", str: "a string"}.get(
-        hint, str(hint))
-
-
-def _section(origin: str, name: str, cls: type, table: Any) -> Any:
-    if not isinstance(table, dict):
-        raise ConfigError(f"{origin}: [{name}] must be a table, not {table!r}")
-    hints = typing.get_type_hints(cls)
-    known = {f.name: f for f in fields(cls)}
-    values = {}
-    for key, value in table.items():
-        if key not in known:
-            raise ConfigError(f"{origin}: unknown key [{name}] {key} (known: {', '.join(known)})")
-        values[key] = _check(origin, f"[{name}] {key}", value, hints[key], dict(known[key].metadata))
-    return cls(**values)
-
-
 def parse(table: dict[str, Any], origin: str = "<config>") -> Config:
-    sections = {f.name: f.default_factory for f in fields(Config)}  # type: ignore[misc]
-    unknown = set(table) - set(sections)
-    if unknown:
-        raise ConfigError(f"{origin}: unknown section [{sorted(unknown)[0]}] (known: {', '.join(sections)})")
-    cfg = Config(**{name: _section(origin, name, factory, table.get(name, {})) for name, factory in
-                    sections.items()})
+    """The config in a TOML document already read (`origin` names it in errors), checked key by key and as a whole."""
+    cfg = parse_sections(Config, table, origin)
     validate(cfg, origin)
     return cfg
 
@@ -300,7 +252,36 @@ def load(path: Path | None) -> Config:
 
 
 def validate(cfg: Config, origin: str) -> None:
-    g = cfg.gpio
+    """What the per-key bounds cannot say: keys that must agree with each other. Reads no model file."""
+    _check_pins(cfg.gpio, origin)
+    p = cfg.policy
+    if p.unsure >= p.sure:
+        raise ConfigError(f"{origin}: [policy] unsure = {p.unsure} is not less than [policy] sure = {p.sure}")
+    if p.min_size > p.full_size:
+        raise ConfigError(f"{origin}: [policy] min_size = {p.min_size} is more than [policy] full_size = "
+                          f"{p.full_size}")
+    s = cfg.source
+    if s.reconnect_min > s.reconnect_max:
+        raise ConfigError(f"{origin}: [source] reconnect_min = {s.reconnect_min} is more than "
+                          f"reconnect_max = {s.reconnect_max}")
+    for key in ("main_size", "lores_size"):
+        width, height = getattr(s, key)
+        if width * height > s.max_pixels:  # every frame of that stream would be skipped as too large
+            raise ConfigError(f"{origin}: [source] {key} = [{width}, {height}] is {width * height} pixels, more than "
+                              f"[source] max_pixels = {s.max_pixels}")
+    cfg.collect.check(origin)
+    if cfg.mqtt.host:  # the outputs' own checks import their libraries: only when they are on
+        from appliance import mqtt
+
+        mqtt.check(cfg.mqtt, origin)
+    if cfg.http.listen:
+        from appliance import web
+
+        web.check(cfg.http, origin)
+
+
+def _check_pins(g: GpioConfig, origin: str) -> None:
+    """No pin drives two devices, and the fail state is the one a de-energized relay gives."""
     pins: dict[int, str] = {}
     named = [("relay_pin", g.relay_pin), ("buzzer_pin", g.buzzer_pin)]
     if g.rgb_pins is None:  # an RGB LED replaces the two LEDs: their pins (default or not) are then not claimed
@@ -318,47 +299,15 @@ def validate(cfg: Config, origin: str) -> None:
             f"{origin}: [gpio] fail = {g.fail!r} wants the door {fail_door} when the service is down, but "
             f"relay_energized = {g.relay_energized!r} needs the relay energized for that, which no crashed or "
             f"stopped service (or a power cut) can hold: wire the lock so the de-energized relay leaves it {fail_door}")
-    p = cfg.policy
-    if p.unsure >= p.sure:
-        raise ConfigError(f"{origin}: [policy] unsure = {p.unsure} is not less than [policy] sure = {p.sure}")
-    if p.min_size > p.full_size:
-        raise ConfigError(f"{origin}: [policy] min_size = {p.min_size} is more than [policy] full_size = "
-                          f"{p.full_size}")
-    if cfg.source.reconnect_min > cfg.source.reconnect_max:
-        raise ConfigError(f"{origin}: [source] reconnect_min = {cfg.source.reconnect_min} is more than "
-                          f"reconnect_max = {cfg.source.reconnect_max}")
-    cfg.collect.check(origin)
-    if cfg.mqtt.host:  # the outputs' own checks import their libraries: only when they are on
-        from appliance import mqtt
 
-        mqtt.check(cfg.mqtt, origin)
-    if cfg.http.listen:
-        from appliance import web
 
-        web.check(cfg.http, origin)
+def check_files(cfg: Config, origin: str) -> None:
+    """The files the config names that a command needs before it starts: the model. `run`, `check` and `detect`
+    call it after loading; a reload calls it before it applies anything."""
     if not cfg.classifier.model.is_file():
         raise ConfigError(f"{origin}: [classifier] model = '{cfg.classifier.model}' does not exist")
 
 
 def describe() -> str:
     """Every key with its default and description, as a commented TOML file (`mask-appliance config`)."""
-    lines = []
-    for section in fields(Config):
-        lines.append(f"[{section.name}]")
-        for f in fields(section.default_factory()):  # type: ignore[misc]
-            default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
-            shown = "# unset" if default is None else _toml_value(default)
-            lines.append(f"# {f.metadata['help']}")
-            lines.append(f"# {f.name} = {shown}" if default is None else f"{f.name} = {shown}")
-        lines.append("")
-    return "\n".join(lines)
-
-
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int | float):
-        return repr(v)
-    if isinstance(v, tuple | list):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    return f'"{v}"'
+    return describe_sections(Config)

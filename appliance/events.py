@@ -27,6 +27,8 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
+from appliance.vocab import Kind
+
 log = logging.getLogger("appliance.events")
 
 SCHEMA = """
@@ -152,9 +154,9 @@ class EventLog:
     def record(self, kind: str, state: str | None = None, **detail: Any) -> None:
         """Queue one event; the journal gets it at once, SQLite and the outputs from the writer thread."""
         now = time.time()
-        level = logging.WARNING if kind == "fault" else logging.INFO
+        level = logging.WARNING if kind == Kind.FAULT else logging.INFO
         log.log(level, "%s%s %s", kind, f" {state}" if state else "", json.dumps(detail, default=str))
-        if self.echo and kind == "decision":
+        if self.echo and kind == Kind.DECISION:
             print(json.dumps({"time": round(now, 3), "decision": state, **detail}, default=str), flush=True)
         self._put("event", (now, kind, state, detail))
 

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from appliance.card import INCORRECT, MASKED, POSITIVE
-from appliance.classifier import MaskClassifier
-from appliance.detector import Face, FaceDetector
+from appliance.classifier import MaskClassifier, load_model
+from appliance.config import Config
+from appliance.detector import Face, FaceDetector, make_detector
 from appliance.sources import Frame
 
 
@@ -44,6 +45,18 @@ class Pipeline:
     def __init__(self, detector: FaceDetector, classifier: MaskClassifier, threshold: float | None = None):
         self.detector, self.classifier = detector, classifier
         self.threshold_override = threshold
+
+    @classmethod
+    def from_config(cls, cfg: Config, model: MaskClassifier | None = None) -> Pipeline:
+        """The detector of `[detector]`, the classifier of `[classifier]` (or `model`, already loaded: the service's
+        model watcher and `mask-train evaluate` load their own) and `[classifier] threshold` (unset: the card's).
+
+        Raises what make_detector and load_model raise (a missing asset, a model that fails its card) before
+        anything is returned, so a caller never holds half a pipeline."""
+        detector = make_detector(cfg.detector)
+        if model is None:
+            model = load_model(cfg.classifier.model, cfg.classifier.threads)
+        return cls(detector, model, cfg.classifier.threshold)
 
     @property
     def threshold(self) -> float:

@@ -19,11 +19,12 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
+from appliance import vocab
 from appliance.config import PolicyConfig
 
-IDLE, ALLOW, DENY = "idle", "allow", "deny"
-UNKNOWN, MASKED, UNMASKED, INCORRECT = "unknown", "masked", "unmasked", "incorrect"
-WITH_MASK, WITHOUT_MASK, INCORRECT_MASK = "with_mask", "without_mask", "incorrect_mask"
+IDLE, ALLOW, DENY = vocab.Decision.IDLE, vocab.Decision.ALLOW, vocab.Decision.DENY
+UNKNOWN, MASKED, UNMASKED, INCORRECT = "unknown", "masked", "unmasked", "incorrect"  # a track's state
+WITH_MASK, WITHOUT_MASK, INCORRECT_MASK = vocab.Label.WITH_MASK, vocab.Label.WITHOUT_MASK, vocab.Label.INCORRECT_MASK
 # A box this much smaller than its track's last one is a detector that lost part of the face (a turned head cut the
 # mask off in issue 17's videos, p 0.004 -> 0.67): that frame casts no vote. The validation visits (faces that grow
 # steadily) never shrink a box this much, so they neither chose nor contradict it: 0.0 to 0.9 gave the same figures.
@@ -84,7 +85,9 @@ class Track:
 
 @dataclass
 class Decision:
-    state: str
+    """The policy's answer for one frame: `state` is what it says (idle, allow, deny), `changed` when it moved."""
+
+    state: vocab.Decision
     t: float
     changed: bool
     tracks: list[Track] = field(default_factory=list)

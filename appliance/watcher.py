@@ -14,10 +14,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from appliance.card import card_path_for
 from appliance.classifier import MaskClassifier, load_model
+from appliance.vocab import Fault, Kind
+
+if TYPE_CHECKING:
+    from appliance.pipeline import Pipeline
 
 log = logging.getLogger("appliance.service")
 
@@ -99,7 +103,7 @@ class ModelWatcher:
                 raise exc from None  # neither loads: refuse to start, as the live pair's own error
             self.fallback = f"{live.name} refused at start ({exc}); running {previous.name}"
             log.error("%s", self.fallback)
-            self.record("fault", None, what="model refused at start", model=str(live), reason=str(exc),
+            self.record(Kind.FAULT, None, what=Fault.MODEL_REFUSED_AT_START, model=str(live), reason=str(exc),
                         running=str(previous), sha256=model.sha256)
             return model
 
@@ -134,6 +138,13 @@ class ModelWatcher:
         try:
             return load_model(self.path, self.threads)
         except Exception as exc:  # any failure to load is a refusal, never a crash
-            self.record("fault", None, what="model refused", model=str(self.path), reason=str(exc),
+            self.record(Kind.FAULT, None, what=Fault.MODEL_REFUSED, model=str(self.path), reason=str(exc),
                         kept=kept_sha256)
             return None
+
+    def install(self, pipeline: Pipeline, new: MaskClassifier) -> None:
+        """Put `new` (from poll()) into `pipeline` for the next frame and record the swap."""
+        old, pipeline.classifier, self.fallback = pipeline.classifier, new, None
+        push = forced_push(new.path)
+        self.record(Kind.MODEL, None, what="model swapped", model=str(new.path), sha256=new.sha256,
+                    previous=old.sha256, **({"forced_push": push} if push else {}))

@@ -6,6 +6,8 @@ deploy/constraints/<release>.txt: the same files deploy/install.sh reads on a Pi
 (nothing of the host's apt changes), dpkg-deb unpacks them, and pip installs the wheels for the release's Python
 into a folder of their own. deploy/pi_check.py runs the result under qemu; deploy/release_tests.py runs the tests in
 an amd64 one.
+
+A `Sysroot` is the result: the root folder, what went into it, and where its Python, wheels and project code are.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 MIRROR = "http://deb.debian.org/debian"
@@ -36,6 +39,7 @@ class Release:
 
     @property
     def constraints(self) -> Path:
+        """deploy/constraints/<codename>.txt, the pins deploy/install.sh gives pip on this release."""
         return REPO / "deploy" / "constraints" / f"{self.codename}.txt"
 
     def pip_target(self, arch: str) -> list[str]:
@@ -54,7 +58,7 @@ RELEASES = {
 }
 
 
-def sh(cmd: list[str], **kw) -> subprocess.CompletedProcess:
+def sh(cmd: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
     """Run a command; on failure raise with its last lines of output, which say what went wrong."""
     proc = subprocess.run(cmd, capture_output=True, text=True, **kw)
     if proc.returncode:
@@ -66,7 +70,8 @@ def sh(cmd: list[str], **kw) -> subprocess.CompletedProcess:
 class DebianApt:
     """A private apt for one Debian release and architecture in `root`: its own lists and package cache."""
 
-    def __init__(self, root: Path, release: Release, arch: str, mirror: str = MIRROR, security: str = SECURITY):
+    def __init__(self, root: Path, release: Release, arch: str, mirror: str = MIRROR,
+                 security: str = SECURITY) -> None:
         self.root, self.arch = root, arch
         for d in ("etc/apt/apt.conf.d", "etc/apt/preferences.d", "etc/apt/sources.list.d", "var/lib/dpkg",
                   "var/lib/apt/lists/partial", "var/cache/apt/archives/partial"):
@@ -79,6 +84,7 @@ class DebianApt:
                                                    f"deb {opts} {security} {name}-security main\n")
 
     def apt(self, *args: str) -> str:
+        """apt-get ARGS against this private root; its stdout."""
         status = self.root / "var/lib/dpkg/status"
         return sh(["apt-get", "-q", "-o", f"Dir={self.root}", "-o", f"Dir::State::status={status}",
                    "-o", f"APT::Architecture={self.arch}", "-o", f"APT::Architectures::={self.arch}",
@@ -143,14 +149,17 @@ class Sysroot:
 
     @property
     def python(self) -> Path:
+        """The release's python3 binary inside the root."""
         return self.root / f"usr/bin/python{self.release.python}"
 
     @property
     def site(self) -> Path:
+        """The runtime's wheels, installed (numpy excepted: apt's)."""
         return self.root / "opt/mask-appliance/site"
 
     @property
     def src(self) -> Path:
+        """The project's appliance/ and models/, as on a Pi."""
         return self.root / "opt/mask-appliance/src"
 
     def versions(self) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from appliance import config
@@ -48,7 +50,10 @@ def test_a_toml_file_overrides_the_defaults(tmp_path):
         ({"source": {"fps": float("-inf")}}, "[source] fps = -inf is not a finite number"),
         ({"source": {"main_size": [0, -5]}}, "[source] main_size[0] = 0 is outside 16..8192"),
         ({"source": {"lores_size": [320, -5]}}, "[source] lores_size[1] = -5 is outside 16..8192"),
-        ({"classifier": {"model": "/nowhere/m.tflite"}}, "[classifier] model = '/nowhere/m.tflite' does not exist"),
+        ({"source": {"main_size": [8192, 8192], "max_pixels": 50_000_000}},
+         "[source] main_size = [8192, 8192] is 67108864 pixels, more than [source] max_pixels = 50000000"),
+        ({"source": {"main_size": [320, 240], "max_pixels": 100_000}},  # the default lores 512x384: 196608 px
+         "[source] lores_size = [512, 384] is 196608 pixels, more than [source] max_pixels = 100000"),
         ({"gpio": {"fail": "secure"}}, "[gpio] fail = 'secure' wants the door locked"),
     ],
 )
@@ -110,11 +115,54 @@ def test_fail_secure_is_accepted_when_the_de_energized_relay_locks():
 def test_the_pi_config_the_installer_writes_is_valid():
     import tomllib
 
-    from conftest import REPO, SHIPPED
+    from conftest import REPO
 
     table = tomllib.loads((REPO / "deploy/config.pi.toml").read_text())
-    assert table["classifier"]["model"] == "/var/lib/mask-appliance/models/mask_classifier.tflite"
-    table["classifier"]["model"] = str(SHIPPED)  # the one path that exists only on a Pi
-    cfg = config.parse(table, "deploy/config.pi.toml")
+    cfg = config.parse(table, "deploy/config.pi.toml")  # its model path exists only on a Pi: parsing reads no file
     assert cfg.source.spec == "picamera2" and cfg.source.lores_size == (320, 240) and cfg.detector.max_side == 320
     assert cfg.gpio.fail == "safe" and cfg.classifier.threads == 4
+    assert cfg.classifier.model == Path("/var/lib/mask-appliance/models/mask_classifier.tflite")
+
+
+def test_a_missing_model_is_refused_by_check_files_alone(tmp_path):
+    from conftest import SHIPPED
+
+    cfg = config.parse({"classifier": {"model": "/nowhere/m.tflite"}}, "/etc/mask-appliance/config.toml")
+    assert cfg.classifier.model == Path("/nowhere/m.tflite")  # validation reads no file
+    with pytest.raises(ConfigError) as err:
+        config.check_files(cfg, "/etc/mask-appliance/config.toml")
+    assert str(err.value) == ("/etc/mask-appliance/config.toml: [classifier] model = '/nowhere/m.tflite' does not "
+                              "exist")
+    (tmp_path / "m.tflite").mkdir()  # a folder is not a model either
+    with pytest.raises(ConfigError, match=r"\[classifier\] model = '.*m.tflite' does not exist"):
+        config.check_files(config.parse({"classifier": {"model": str(tmp_path / "m.tflite")}}), "c.toml")
+    config.check_files(config.parse({"classifier": {"model": str(SHIPPED)}}), "c.toml")
+    config.check_files(config.load(None), "<defaults>")  # the shipped model is the default
+
+
+def test_frame_sizes_up_to_max_pixels_are_accepted():
+    cfg = config.parse({"source": {"main_size": [4056, 3040], "lores_size": [640, 480], "max_pixels": 4056 * 3040}})
+    assert cfg.source.main_size == (4056, 3040) and cfg.source.max_pixels == 12_330_240
+
+
+def test_describe_is_a_toml_file_of_the_defaults():
+    import tomllib
+
+    table = tomllib.loads(config.describe())
+    assert config.parse(table, "described") == config.load(None)
+    assert table["gpio"]["relay_pin"] == 17 and "rgb_pins" not in table["gpio"]  # unset keys are commented out
+
+
+def test_dumps_writes_toml_that_reads_back_the_same():
+    import tomllib
+
+    from appliance import checking
+
+    doc = {"source": {"spec": 'odd "name" \\ tab\t line\n é \x7f', "main_size": (1280, 960), "fps": 12.5,
+                      "realtime": False},
+           "classifier": {"model": Path("/srv/m.tflite"), "threshold": None}}
+    back = tomllib.loads(checking.dumps(doc))
+    assert back == {"source": {**doc["source"], "main_size": [1280, 960]},
+                    "classifier": {"model": "/srv/m.tflite"}}  # None: left out, so the default holds
+    with pytest.raises(TypeError, match="no TOML for"):
+        checking.dumps({"source": {"spec": object()}})

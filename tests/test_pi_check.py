@@ -1,5 +1,6 @@
-"""deploy/pi_check.py's own logic: the comparison that decides pass or fail, the Pi config it derives, the CPUs
-it presents. The whole check (arm64 under qemu) runs in .ci/run as deploy/pi-check."""
+"""deploy/pi-check's own logic: the comparison that decides pass or fail (deploy/compare.py), the Pi config it
+derives (deploy/pi_check.py), the CPUs it presents (deploy/qemu.py), the sysroot's pip and apt plans
+(deploy/sysroot.py). The whole check (arm64 under qemu) runs in .ci/run as deploy/pi-check."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 from conftest import SCENES, SHIPPED
 
 from appliance import config as config_mod
-from deploy import pi_check, sysroot
+from deploy import compare, pi_check, qemu, sysroot
 
 REFERENCE = {
     "a.jpg": [{"box": [10.0, 20.0, 110.0, 150.0], "score": 0.9, "p_without_mask": 0.9961, "label": "without_mask"},
@@ -22,9 +23,10 @@ REFERENCE = {
 
 
 def test_identical_runs_pass_and_report_zero_gaps():
-    problems, worst = pi_check.compare(REFERENCE, copy.deepcopy(REFERENCE))
+    problems, worst = compare.compare(REFERENCE, copy.deepcopy(REFERENCE))
     assert problems == []
-    assert worst == {"faces": 2, "labels_differ": 0, "box_px": 0.0, "p": 0.0}
+    assert worst == compare.Gaps(faces=2, labels_differ=0, box_px=0.0, p=0.0)
+    assert worst.summary().startswith("2 faces, 0 labels differ; largest gaps: box 0.0 px (allowed 2.0)")
 
 
 def test_gaps_inside_the_tolerance_pass():
@@ -32,9 +34,9 @@ def test_gaps_inside_the_tolerance_pass():
     arm["a.jpg"].reverse()  # order is not part of the answer
     arm["a.jpg"][0]["box"][0] += 1.5
     arm["a.jpg"][0]["p_without_mask"] = 0.0117 + 0.0156  # four steps of the int8 output
-    problems, worst = pi_check.compare(REFERENCE, arm)
+    problems, worst = compare.compare(REFERENCE, arm)
     assert problems == []
-    assert worst["box_px"] == pytest.approx(1.5) and worst["p"] == pytest.approx(0.0156)
+    assert worst.box_px == pytest.approx(1.5) and worst.p == pytest.approx(0.0156)
 
 
 @pytest.mark.parametrize("change, expected", [
@@ -49,14 +51,14 @@ def test_gaps_inside_the_tolerance_pass():
 def test_each_kind_of_difference_fails_with_a_line_naming_the_image(change, expected):
     arm = copy.deepcopy(REFERENCE)
     change(arm)
-    problems, worst = pi_check.compare(REFERENCE, arm)
+    problems, worst = compare.compare(REFERENCE, arm)
     assert len(problems) == 1 and re.fullmatch(expected, problems[0]), problems
-    assert worst["labels_differ"] == (" is without_mask on arm64" in problems[0])
+    assert worst.labels_differ == (" is without_mask on arm64" in problems[0])
 
 
 def test_detect_output_is_parsed_per_image():
     lines = "\n".join(json.dumps({"image": k, "faces": v}) for k, v in REFERENCE.items())
-    assert pi_check.parse_detect(lines) == REFERENCE
+    assert compare.parse_detect(lines) == REFERENCE
 
 
 def test_the_derived_config_is_the_pi_config_with_images_and_the_shipped_model(tmp_path):
@@ -69,25 +71,30 @@ def test_the_derived_config_is_the_pi_config_with_images_and_the_shipped_model(t
     assert cfg.detector.max_side == 320 and cfg.classifier.threads == 4 and cfg.classifier.model == SHIPPED
 
 
-def test_a_pi_config_without_the_expected_keys_is_refused(tmp_path, monkeypatch):
+def test_a_pi_config_without_the_keys_gets_them_and_a_bad_one_is_refused_by_name(tmp_path, monkeypatch):
     repo = tmp_path / "repo"
     (repo / "deploy").mkdir(parents=True)
-    (repo / "deploy/config.pi.toml").write_text('[source]\nspec = "picamera2"\n')
+    (repo / "deploy/config.pi.toml").write_text('[detector]\nmax_side = 320\n')
     monkeypatch.setattr(pi_check, "REPO", repo)
-    with pytest.raises(RuntimeError, match=r"config.pi.toml: expected one 'model = \.\.\.' line, found 0"):
+    path = pi_check.pi_config(tmp_path / "c.toml", tmp_path, tmp_path / "m.tflite")  # the model need not exist yet
+    assert tomllib.loads(path.read_text()) == {"detector": {"max_side": 320}, "source": {"spec": str(tmp_path)},
+                                               "classifier": {"model": str(tmp_path / "m.tflite")}}
+    (repo / "deploy/config.pi.toml").write_text('[detector]\nmax_side = 32000\n')
+    with pytest.raises(config_mod.ConfigError,
+                       match=r"^deploy/config.pi.toml: \[detector\] max_side = 32000 is outside 64..4096$"):
         pi_check.pi_config(tmp_path / "c.toml", tmp_path, tmp_path / "m.tflite")
 
 
 def test_cpuinfo_describes_each_pi_and_only_its_own_features():
-    for key, part, qemu in (("pi4", "0xd08", "cortex-a72"), ("pi5", "0xd0b", "cortex-a76")):
-        cpu = pi_check.CPUS[key]
+    for key, part, model in (("pi4", "0xd08", "cortex-a72"), ("pi5", "0xd0b", "cortex-a76")):
+        cpu = qemu.CPUS[key]
         text = cpu.cpuinfo()
-        assert cpu.qemu == qemu
+        assert cpu.qemu == model
         assert re.findall(r"^processor\t: (\d)$", text, re.M) == ["0", "1", "2", "3"]
         assert set(re.findall(r"^CPU part\t: (\S+)$", text, re.M)) == {part}
         assert "Raspberry Pi" in text.splitlines()[-1]
     # The Cortex-A72 has no dot-product or LSE atomics; claiming them makes LiteRT run instructions it lacks.
-    pi4 = set(re.search(r"^Features\t: (.*)$", pi_check.CPUS["pi4"].cpuinfo(), re.M).group(1).split())
+    pi4 = set(re.search(r"^Features\t: (.*)$", qemu.CPUS["pi4"].cpuinfo(), re.M).group(1).split())
     assert {"asimddp", "atomics"}.isdisjoint(pi4) and {"fp", "asimd", "crc32"} <= pi4
 
 
@@ -140,9 +147,32 @@ def test_a_moved_box_may_move_p_a_little_more_but_an_unmoved_one_may_not():
     arm = copy.deepcopy(REFERENCE)
     arm["a.jpg"][1]["box"][0] += 1.0  # another crop ...
     arm["a.jpg"][1]["p_without_mask"] = 0.0117 + 0.03  # ... and so another p, the label the same
-    assert pi_check.compare(REFERENCE, arm)[0] == []
+    assert compare.compare(REFERENCE, arm)[0] == []
     arm["a.jpg"][1]["p_without_mask"] = 0.0117 + 0.06
-    assert len(pi_check.compare(REFERENCE, arm)[0]) == 1
+    assert len(compare.compare(REFERENCE, arm)[0]) == 1
     still = copy.deepcopy(REFERENCE)
     still["a.jpg"][1]["p_without_mask"] = 0.0117 + 0.03  # the same box: only arithmetic may differ
-    assert len(pi_check.compare(REFERENCE, still)[0]) == 1
+    assert len(compare.compare(REFERENCE, still)[0]) == 1
+
+
+def test_qemu_cpu_replaces_the_model_of_each_chosen_board():
+    args = pi_check.parse_args(["--cpu", "pi5", "--qemu-cpu", "neoverse-n1"])
+    assert [(c.board, c.qemu, c.part) for c in pi_check.chosen_cpus(args)] == [
+        ("Raspberry Pi 5 as neoverse-n1", "neoverse-n1", "0xd0b")]  # the cpuinfo stays the Pi 5's
+    assert [c.qemu for c in pi_check.chosen_cpus(pi_check.parse_args([]))] == ["cortex-a72", "cortex-a76"]
+
+
+def test_the_report_fails_on_any_failed_board(capsys):
+    assert pi_check.report(["ok   Bookworm as Raspberry Pi 4: ...", "ok   Trixie as Raspberry Pi 5: ..."], 75.2) == 0
+    assert "passed: 2 of 2 release and board runs match this machine, in 75 s" in capsys.readouterr().out
+    assert pi_check.report(["ok   Bookworm as Raspberry Pi 4: ...", "FAIL Trixie as Raspberry Pi 5: ..."], 1) == 1
+    assert "FAILED: 1 of 2 release and board runs" in capsys.readouterr().out
+
+
+def test_this_machine_answers_with_the_derived_pi_config(tmp_path):
+    images = pi_check.pick_images(SCENES / "images", 2)
+    reference = pi_check.this_machine(tmp_path, SCENES / "images", images, pi_check.appliance_env())
+    assert sorted(reference) == sorted(map(str, images))
+    faces = [f for found in reference.values() for f in found]
+    assert faces and all(len(f["box"]) == 4 and 0 <= f["p_without_mask"] <= 1 for f in faces)
+    assert config_mod.load(tmp_path / "config.toml").detector.max_side == 320  # the Pi's, not the default 480

@@ -199,7 +199,7 @@ def test_corrupt_images_and_empty_frames_are_skipped_and_counted(model_dir, tmp_
                                                                      "frames": 3}
     service = make_service(model_dir, tmp_path / "second")
     assert service.run(Frames()) == 0
-    assert service.skipped == 1 and service.frames == 3
+    assert service.loop.skipped == 1 and service.frames == 3
 
 
 def test_a_stalled_camera_puts_the_door_in_its_fail_state(model_dir, tmp_path):
@@ -228,7 +228,7 @@ def test_a_bad_config_refuses_to_start_with_one_line(tmp_path, capsys):
 
     bad = tmp_path / "config.toml"
     bad.write_text("[gpio]\nrelay_pin = 40\n")
-    assert main(["run", "--config", str(bad)]) == 1
+    assert main(["run", "--config", str(bad)]) == 2  # bad input (issue 14: the same code in all three commands)
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"mask-appliance: {bad}: [gpio] relay_pin = 40 is outside 0..27"]
 
@@ -280,7 +280,7 @@ def test_sighup_reloads_the_config_and_refuses_a_bad_one(model_dir, tmp_path):
     assert service.cfg.policy.mode == "unlock-on-masked"  # the bad reload changed nothing
     refused = [e for e in events(tmp_path, "fault") if e.get("what") == "reload refused"][0]
     assert "[policy] mode = 'sideways'" in refused["reason"]
-    assert [e["what"] for e in events(tmp_path, "model")] == ["config reloaded"]
+    assert [e["what"] for e in events(tmp_path, "config")] == ["config reloaded"]
 
 
 def test_face_images_are_stored_only_when_asked(model_dir, tmp_path):

@@ -1,0 +1,81 @@
+"""The frame loop: `pipeline.run -> policy.update -> keeper.frame (the door) -> emitter.emit`, once per frame.
+
+Between frames (and during a camera outage, every quarter second while it waits for one) it applies a SIGHUP
+reload, swaps in a newly pushed model, and lets the reporter pet systemd's watchdog: the pets stop only when the
+loop itself hangs.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from appliance.collect import Collector
+from appliance.emitter import Emitter
+from appliance.keeper import DoorKeeper
+from appliance.pipeline import Pipeline
+from appliance.policy import Policy
+from appliance.reader import WAIT, FrameReader
+from appliance.reporter import Reporter
+from appliance.sources import Frame
+from appliance.watcher import ModelWatcher
+
+log = logging.getLogger("appliance.service")
+
+
+class FrameLoop:
+    """Drives one frame at a time from `reader` until the source ends or `stopped` is set; counts what it saw."""
+
+    def __init__(self, pipeline: Pipeline, policy: Policy, keeper: DoorKeeper, emitter: Emitter, reporter: Reporter,
+                 watcher: ModelWatcher, collector: Collector, stopped: threading.Event, reload: Callable[[], None]):
+        self.pipeline, self.policy, self.keeper, self.emitter = pipeline, policy, keeper, emitter
+        self.reporter, self.watcher, self.collector = reporter, watcher, collector
+        self.stopped, self._reload = stopped, reload
+        self.reload_asked = False  # set by SIGHUP's handler: any number of them is one reload
+        self.frames = 0
+        self.skipped = 0  # empty frames from the source (unreadable files are counted by the source itself)
+
+    def run(self, reader: FrameReader) -> None:
+        """Until the source ends or a stop is asked; a source's error is raised here."""
+        reader.ask()
+        asked = time.monotonic()
+        while not self.stopped.is_set():
+            got = reader.get(WAIT)
+            if self.reload_asked:
+                self.reload_asked = False
+                self._reload()
+            new = self.watcher.poll(self.pipeline.classifier.sha256)
+            if new is not None:
+                self.watcher.install(self.pipeline, new)
+                self.reporter.send()
+            if got is not None:
+                kind, item = got
+                if kind == "end" or self.stopped.is_set():
+                    return
+                if kind == "error":
+                    raise item
+                self.frame(item, time.monotonic() - asked)
+                reader.ask()
+                asked = time.monotonic()
+            if self.reporter.cycle():  # pets the watchdog: this loop is alive, with or without frames
+                self.collector.maintain()
+
+    def frame(self, frame: Frame, capture: float) -> None:
+        """One frame, `capture` seconds after it was asked for."""
+        if frame.image is None or frame.image.size == 0:
+            self.skipped += 1
+            log.warning("empty frame %d skipped (%d so far)", frame.index, self.skipped)
+            return
+        started = time.monotonic()
+        results = self.pipeline.run(frame)
+        ran = time.monotonic()
+        self.policy.threshold = self.pipeline.threshold  # a swapped model may bring its own
+        decision = self.policy.update(results, frame.t)
+        self.keeper.frame(decision.state, frame.t)
+        stages = {"capture": capture, "detect": ran - started, "classify": 0.0,  # until Pipeline times its stages
+                  **(getattr(self.pipeline, "last_times", None) or {}), "decide": time.monotonic() - ran}
+        self.frames += 1
+        self.reporter.frame_done()
+        self.emitter.emit(frame, results, decision, self.keeper.state, self.pipeline.classifier, stages)
