@@ -18,7 +18,7 @@ import cv2
 import pytest
 from conftest import scene_images
 from gpiozero import Device
-from test_service import BUZZER, RELAY, _run_in_background, _wait_for, events, history, make_service
+from test_service import BUZZER, RELAY, _run_in_background, _wait_for, events, make_service, states
 
 from appliance import config
 from appliance.service import Service
@@ -91,7 +91,7 @@ def test_the_camera_guard_survives_a_failing_event_log_and_catches_the_next_stal
         service.run(Scripted(unmasked(), steps))
     # Locked by the unmasked face, released by each stall (the second one too: the guard outlived its failure).
     assert seen == [("stall 1", False), ("frames back", True), ("stall 2", False)]
-    assert [s for s in history(RELAY)] == [False, True, False, True, False]
+    states(RELAY, [False, True, False, True, False])
     assert "camera guard failed" in [e["what"] for e in events(tmp_path, "fault")]
     traced = [r for r in caplog.records if "camera guard" in r.getMessage() and r.exc_info]
     assert traced and "database is locked" in str(traced[0].exc_info[1])
@@ -151,11 +151,6 @@ def _run_with_signals(service: Service, source, operate) -> None:
         raise errors[0]
 
 
-def rising(pin: int) -> int:
-    states = history(pin)
-    return sum(1 for a, b in zip(states, states[1:], strict=False) if b and not a)
-
-
 def test_twenty_sighups_with_an_unchanged_config_keep_the_door_locked_without_a_second_beep(model_dir, tmp_path):
     path = _config_file(model_dir, tmp_path)
     service = Service(config.load(path), config_path=path)
@@ -173,9 +168,8 @@ def test_twenty_sighups_with_an_unchanged_config_keep_the_door_locked_without_a_
 
     _run_with_signals(service, Scripted(unmasked(), [("frames", 100000)]), operate)
     assert all(during) and len(during) == 21
-    states = history(RELAY)
-    assert states[states.index(True):] == [True, False]  # locked once, released only by the stop
-    assert rising(BUZZER) == 3  # one denial's three beeps, not one more per reload
+    states(RELAY, [False, True, False])  # locked once, released only by the stop
+    states(BUZZER, [False, True, False, True, False, True, False])  # one denial's three beeps, none per reload
     assert [e["state"] for e in events(tmp_path, "decision")] == ["deny"]
     assert [e for e in events(tmp_path, "config")] == []
 
@@ -206,8 +200,7 @@ def test_a_reload_applies_what_it_can_carrying_the_door_and_refuses_restart_keys
 
     _run_with_signals(service, Scripted(unmasked(), [("frames", 100000)]), operate)
     assert all(during)
-    states = history(RELAY)
-    assert states[states.index(True):] == [True, False]
+    states(RELAY, [False, True, False])
     reloaded = [e for e in events(tmp_path, "config")]
     assert [e["changed"] for e in reloaded] == [["[policy] deny_hold", "[gpio] buzzer_cooldown"]]
     refused = [e["reason"] for e in events(tmp_path, "fault") if e.get("what") == "reload refused"]
@@ -310,7 +303,7 @@ def test_during_an_outage_the_watchdog_is_fed_and_the_status_tells_the_fail_stat
         service.run(Scripted(unmasked(), steps))
     finally:
         listener.close()
-    assert history(RELAY)[:2] == [False, True]  # locked before the outage
+    states(RELAY, [False, True], exact=False)  # locked before the outage
     assert seen["relay"] is False  # released by the outage...
     status = seen["status"]
     assert status["door"] == "released" and status["camera_lost"] is True  # ...and status.json says so
