@@ -49,10 +49,10 @@ class Emitter:
                 self.events.save_faces(frame.image, [r.face.box for r in results], decision.state)
         if self.collector.cfg.enabled and results:
             self._collect(frame, results, decision, model)
-        faces = dict.fromkeys(Label, 0)
+        faces = {str(label): 0 for label in Label}
         for r in results:
             faces[r.label] = faces.get(r.label, 0) + 1
-        stats: dict[str, Any] = {"t": frame.t, "stages": stages, "faces": {str(k): v for k, v in faces.items()}}
+        stats: dict[str, Any] = {"t": frame.t, "stages": stages, "faces": faces}
         if self.snapshot:
             stats.update(image=frame.image, boxes=[r.face.box for r in results])
         self.events.frame(stats)

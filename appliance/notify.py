@@ -9,7 +9,7 @@ import time
 
 def _send(message: str) -> bool:
     try:
-        from systemd import daemon  # python3-systemd on the Pi
+        from systemd import daemon  # type: ignore[attr-defined]  # python3-systemd on the Pi (no stubs)
     except ImportError:
         daemon = None
     if daemon is not None:

@@ -192,7 +192,7 @@ class Policy:
                 self._vote(track, v, None)
                 self.tracks.append(track)
                 faces[j] = track
-        return faces  # type: ignore[return-value]  (every slot is filled above)
+        return [f for f in faces if f is not None]  # every slot is filled above: all of them
 
     def update(self, verdicts: list[Any], t: float) -> Decision:
         """Feed one frame's faces (Verdicts or pipeline FaceResults), taken at time t (seconds), and get the door

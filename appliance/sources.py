@@ -7,6 +7,7 @@ import itertools
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ import cv2
 import numpy as np
 
 from appliance.config import SourceConfig
-from appliance.imaging import IMAGE_SUFFIXES, read_bgr
+from appliance.imaging import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, Refused, Skip, read_image, too_large
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,40 @@ class Backoff:
         self.next = self.first
 
 
+class Skips:
+    """Files, videos or streams refused, counted by why (Skip). The first of each kind is logged as a warning naming
+    the file and the reason; the rest only at debug level, so a folder of bad files costs the journal one line a
+    kind. `total` goes into the source's `skipped`."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[Skip] = Counter()
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def add(self, refused: Refused) -> None:
+        self.counts[refused.why] += 1
+        if self.counts[refused.why] == 1:
+            log.warning("%s; skipped (more that are %s are counted quietly)", refused, refused.why)
+        else:
+            log.debug("%s; skipped (%d %s so far)", refused, self.counts[refused.why], refused.why)
+
+
+def frame_too_large(cap: cv2.VideoCapture, name: str, max_pixels: int) -> Refused | None:
+    """A video or stream whose frames (as it says at open) are over `max_pixels`, or None. A size the backend does
+    not know yet (0) passes here and is checked frame by frame."""
+    width, height = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+    reason = too_large(width, height, max_pixels)
+    return Refused(Path(name), Skip.TOO_LARGE, reason) if reason else None
+
+
+def image_too_large(image: np.ndarray, name: str, max_pixels: int) -> Refused | None:
+    """A decoded frame over `max_pixels` (a stream that changed its size): not passed on."""
+    reason = too_large(image.shape[1], image.shape[0], max_pixels)
+    return Refused(Path(name), Skip.TOO_LARGE, reason) if reason else None
+
+
 VIDEO_SUFFIXES = {".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".ts", ".h264", ".mjpeg"}
 VISIT_GAP = 60.0  # seconds of source time between two files: no track, hold or buzzer cool-down carries over
 
@@ -90,13 +125,15 @@ def video_files(spec: str) -> list[Path]:
 
 class ImageSource:
     """Still images, each a separate visit: shown for `still_frames` frames at `fps` on a simulated clock, with
-    `gap` simulated seconds between two images so that no track or hold carries over. Unreadable files are
-    skipped, counted and logged."""
+    `gap` simulated seconds between two images so that no track or hold carries over. Unreadable files and those
+    over `max_pixels` (judged from the header, before decoding) are skipped, counted and logged once a kind."""
 
-    def __init__(self, files: list[Path], still_frames: int = 1, fps: float = 15.0, gap: float = VISIT_GAP):
+    def __init__(self, files: list[Path], still_frames: int = 1, fps: float = 15.0, gap: float = VISIT_GAP,
+                 max_pixels: int = DEFAULT_MAX_PIXELS):
         self.files, self.still_frames = files, still_frames
         self.period, self.gap = 1.0 / (fps or 15.0), gap
-        self.skipped = 0
+        self.max_pixels = max_pixels
+        self.skips = Skips()
         self.clock = (f"simulated: each image {still_frames} frame(s) at {fps or 15.0:g} fps, {gap:g} s between "
                       "images, read as fast as possible")
         self._stopped = threading.Event()
@@ -109,10 +146,9 @@ class ImageSource:
         for visit, path in enumerate(self.files):
             if self._stopped.is_set():
                 return
-            image = read_bgr(path)
-            if image is None:
-                self.skipped += 1
-                log.warning("%s: unreadable image, skipped (%d so far)", path, self.skipped)
+            image = read_image(path, self.max_pixels)
+            if isinstance(image, Refused):
+                self.skips.add(image)
                 continue
             for k in range(self.still_frames):
                 if self._stopped.is_set():
@@ -120,18 +156,25 @@ class ImageSource:
                 yield Frame(image, visit * self.gap + k * self.period, index, name=str(path))
                 index += 1
 
+    @property
+    def skipped(self) -> int:
+        return self.skips.total
+
     def close(self) -> None:
         pass
 
 
 class VideoSource:
     """cv2.VideoCapture over a camera index, a /dev/video device or a stream URL; a source that stops delivering
-    is reopened with back-off. Frames carry the capture time (time.monotonic())."""
+    is reopened with back-off. Frames carry the capture time (time.monotonic()). A stream whose frames are over
+    `[source] max_pixels` is refused at open (logged once, then retried with back-off, quietly), and so is any
+    frame over it that arrives later."""
 
     def __init__(self, spec: str, cfg: SourceConfig):
         self.spec, self.cfg = spec, cfg
         self.live = True
-        self.skipped = 0
+        self.skipped = 0  # failed reads and opens, and frames over max_pixels
+        self.skips = Skips()  # refusals over max_pixels, logged once
         self.clock = "wall clock (time.monotonic() at capture)"
         self._cap: cv2.VideoCapture | None = None
         self._stopped = threading.Event()
@@ -147,7 +190,14 @@ class VideoSource:
         self._cap = cv2.VideoCapture(target, cv2.CAP_ANY, timeouts)
         if self.cfg.fps:
             self._cap.set(cv2.CAP_PROP_FPS, self.cfg.fps)
-        return self._cap.isOpened()
+        if not self._cap.isOpened():
+            return False
+        refused = frame_too_large(self._cap, self.spec, self.cfg.max_pixels)
+        if refused:
+            self.skips.add(refused)
+            self.close()
+            return False
+        return True
 
     def frames(self) -> Iterator[Frame]:
         backoff = Backoff(self.cfg.reconnect_min, self.cfg.reconnect_max, self._stopped)
@@ -156,6 +206,11 @@ class VideoSource:
         while not self._stopped.is_set():
             ok, image = self._cap.read() if self._cap is not None else (False, None)
             if ok and image is not None and image.size:
+                refused = image_too_large(image, self.spec, self.cfg.max_pixels)
+                if refused:
+                    self.skipped += 1
+                    self.skips.add(refused)
+                    continue
                 backoff.reset()
                 yield Frame(image, time.monotonic(), index)
                 index += 1
@@ -177,12 +232,15 @@ class VideoFileSource:
     """Video files, each a separate visit, played on their own timestamps: Frame.t is the video's time (plus
     VISIT_GAP seconds between files), so the same file gives the same decisions at the same video times however
     fast it is read. `realtime` paces frames to the wall clock as a camera would deliver them; without it files
-    are read as fast as they decode. The end of the last file ends the run."""
+    are read as fast as they decode. The end of the last file ends the run. A file that cannot be opened, or whose
+    frames are over `max_pixels` (as it says at open), is skipped, counted and logged once a kind."""
 
-    def __init__(self, files: list[Path], realtime: bool = True, gap: float = VISIT_GAP):
+    def __init__(self, files: list[Path], realtime: bool = True, gap: float = VISIT_GAP,
+                 max_pixels: int = DEFAULT_MAX_PIXELS):
         self.files, self.realtime, self.gap = files, realtime, gap
+        self.max_pixels = max_pixels
         self.live = False
-        self.skipped = 0
+        self.skips = Skips()
         self.clock = ("video timestamps, paced to real time" if realtime else
                       "video timestamps, read as fast as they decode")
         self._cap: cv2.VideoCapture | None = None
@@ -198,11 +256,14 @@ class VideoFileSource:
                 return
             self._cap = cv2.VideoCapture(str(path))
             if not self._cap.isOpened():
+                refused: Refused | None = Refused(path, Skip.UNREADABLE, "cannot open video")
+            else:
+                refused = frame_too_large(self._cap, str(path), self.max_pixels)
+            if refused:
                 self.close()
                 if len(self.files) == 1:
-                    raise OSError(f"{path}: cannot open video")
-                self.skipped += 1
-                log.warning("%s: cannot open video, skipped (%d so far)", path, self.skipped)
+                    raise OSError(str(refused))
+                self.skips.add(refused)
                 continue
             # A file without a frame rate of its own is read at 15 fps: the rate the appliance's camera runs at.
             period = 1.0 / (self._cap.get(cv2.CAP_PROP_FPS) or 15.0)
@@ -221,6 +282,10 @@ class VideoFileSource:
                 index += 1
             self.close()
             offset += last + self.gap
+
+    @property
+    def skipped(self) -> int:
+        return self.skips.total
 
     def close(self) -> None:
         if self._cap is not None:
@@ -281,7 +346,7 @@ def open_source(cfg: SourceConfig, spec: str | None = None) -> FrameSource:
     if videos and images:
         raise OSError(f"{spec}: holds both videos and images; name one kind (a glob such as '{spec}/*.mp4')")
     if videos:
-        return VideoFileSource(videos, cfg.realtime)
+        return VideoFileSource(videos, cfg.realtime, max_pixels=cfg.max_pixels)
     if not images:
         raise OSError(f"{spec}: no images, video or camera found there")
-    return ImageSource(images, cfg.still_frames, cfg.fps)
+    return ImageSource(images, cfg.still_frames, cfg.fps, max_pixels=cfg.max_pixels)

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import shlex
 
+from appliance.vocab import Kind
+
 STATE = 'S="${MASK_APPLIANCE_STATE:-/var/lib/mask-appliance}"; M="$S/models"; '
 MODEL, CARD = "mask_classifier.tflite", "mask_classifier.json"
 PREV_MODEL, PREV_CARD = "mask_classifier.previous.tflite", "mask_classifier.previous.json"
@@ -109,7 +111,7 @@ CARD_IN_USE = STATE + _MARK + f'cat "$M/{CARD}"'
 # fails (a stopped service leaves no -shm file, and the deploy user may not create one in the state folder).
 _STATUS_PY = r"""
 import json, os, sqlite3, subprocess, sys, time
-state, unit, mark = sys.argv[1], sys.argv[2], sys.argv[3]
+state, unit, mark, decision = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
 out = {}
 path = os.path.join(state, "status.json")
 try:
@@ -134,7 +136,7 @@ if os.path.exists(db):
         try:
             con = sqlite3.connect("file:" + db + "?" + mode, uri=True, timeout=2)
             try:
-                out["decisions"] = con.execute(query, ("decision",)).fetchall()
+                out["decisions"] = con.execute(query, (decision,)).fetchall()
             finally:
                 con.close()
             out.pop("events_error", None)
@@ -145,7 +147,8 @@ print(mark)
 print(json.dumps(out))
 """
 STATUS = STATE + (
-    f'python3 -c {shlex.quote(_STATUS_PY)} "$S" "${{MASK_APPLIANCE_UNIT-mask-appliance.service}}" {MARK}'
+    f'python3 -c {shlex.quote(_STATUS_PY)} "$S" "${{MASK_APPLIANCE_UNIT-mask-appliance.service}}" {MARK} '
+    f'{Kind.DECISION}'
 )
 
 

@@ -29,10 +29,10 @@ def test_an_image_folder_shows_each_image_as_a_separate_visit(tmp_path):
     assert frames[1].t - frames[0].t == pytest.approx(0.1) and frames[3].t - frames[2].t > 10
 
 
-def write_video(path, frames: int = 12, fps: float = 10.0):
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (320, 240))
+def write_video(path, frames: int = 12, fps: float = 10.0, size: tuple[int, int] = (320, 240)):
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, size)
     for i in range(frames):
-        writer.write(np.full((240, 320, 3), i * 20, np.uint8))
+        writer.write(np.full((size[1], size[0], 3), i * 20, np.uint8))
     writer.release()
     return path
 
@@ -248,3 +248,141 @@ def test_an_image_that_cannot_be_read_is_skipped_and_counted(tmp_path):
     source = ImageSource([locked, good], still_frames=1)
     frames = list(source.frames())
     assert len(frames) == 1 and source.skipped == 1
+
+
+# Frames over [source] max_pixels (issue #13, item 4): refused from the header or the stream's size at open, before
+# anything that size is decoded; skipped, counted, and logged once a kind.
+
+
+def test_an_image_folder_refuses_images_over_max_pixels_from_their_headers_and_logs_once_a_kind(tmp_path):
+    """In a fresh process, as the service would read them: a 12000x12000 JPEG, two 875 kB PNGs that decode to
+    30000x30000 and two corrupt files are skipped, counted by kind and logged once a kind (the rest at debug level),
+    in well under a second and without the peak RSS growing; the photo after them is shown as usual. Before,
+    the JPEG alone took 5.7 s and 819 MB here (and tripped the 3 s camera timeout), each PNG 2.7 GB or more."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import REPO
+    from test_imaging import PEAK_MEMORY, write_big_jpeg, write_zero_png
+
+    write_big_jpeg(tmp_path / "a-big.jpg")
+    write_zero_png(tmp_path / "b-bomb.png", 30000, 30000)
+    (tmp_path / "c-bomb.png").write_bytes((tmp_path / "b-bomb.png").read_bytes())
+    (tmp_path / "d-broken.jpg").write_bytes(b"nope")
+    (tmp_path / "e-broken.jpg").write_bytes(b"nope")
+    photo = scene_images("with_mask", limit=1)[0]
+    (tmp_path / "f-photo.jpg").write_bytes(photo.read_bytes())
+    script = PEAK_MEMORY + f"""
+import json, logging, sys, time
+logging.basicConfig(level=logging.DEBUG, stream=sys.stderr, format="%(levelname)s %(message)s")
+from appliance.config import SourceConfig
+from appliance.imaging import read_image
+from appliance.sources import open_source
+read_image({str(photo)!r})  # the decoders' own memory goes into the baseline
+reset_peak()
+source = open_source(SourceConfig(still_frames=2), {str(tmp_path)!r})
+started = time.monotonic()
+names = [frame.name.rsplit("/", 1)[-1] for frame in source.frames()]
+print(json.dumps({{"names": names, "skipped": source.skipped, "skips": source.skips.counts,
+                  "seconds": time.monotonic() - started,
+                  "grew_mb": peak_growth()}}))
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout)
+    assert got["names"] == ["f-photo.jpg"] * 2
+    assert got["skipped"] == 5 and got["skips"] == {"too large": 3, "unreadable": 2}
+    assert got["grew_mb"] < 8 and got["seconds"] < 1.0
+    log = [line for line in proc.stderr.splitlines() if "skipped" in line]
+    warnings = [line for line in log if line.startswith("WARNING")]
+    assert warnings == [
+        f"WARNING {tmp_path}/a-big.jpg: too large: 12000x12000 = 144000000 pixels, more than [source] max_pixels = "
+        "50000000; skipped (more that are too large are counted quietly)",
+        f"WARNING {tmp_path}/d-broken.jpg: unreadable: no image header that gives its size; skipped (more "
+        "that are unreadable are counted quietly)"]
+    assert len(log) == 5 and "(3 too large so far)" in log[2] and all(line.startswith("DEBUG") for line in log[1:3])
+
+
+def test_a_video_whose_frames_are_over_max_pixels_is_refused_at_open_and_the_next_one_plays(tmp_path, caplog):
+    caplog.set_level("DEBUG", logger="appliance.sources")
+    write_video(tmp_path / "a.avi", frames=3, size=(320, 240))  # 76,800 pixels
+    write_video(tmp_path / "b.avi", frames=4, size=(160, 120))
+    write_video(tmp_path / "c.avi", frames=3, size=(640, 480))
+    source = open_source(SourceConfig(realtime=False, max_pixels=50_000), str(tmp_path))
+    frames = list(source.frames())
+    assert [f.name.rsplit("/", 1)[-1] for f in frames] == ["b.avi"] * 4 and frames[0].image.shape == (120, 160, 3)
+    assert source.skipped == 2 and source.skips.counts == {"too large": 2}
+    refused = [r.getMessage() for r in caplog.records if "too large" in r.getMessage()]
+    assert refused[0] == (f"{tmp_path}/a.avi: too large: 320x240 = 76800 pixels, more than [source] max_pixels = "
+                          "50000; skipped (more that are too large are counted quietly)")
+    assert [r.levelname for r in caplog.records if "too large" in r.getMessage()] == ["WARNING", "DEBUG"]
+
+
+def test_a_single_video_over_max_pixels_is_one_line_naming_it_and_its_size(tmp_path):
+    path = write_video(tmp_path / "door.avi", frames=2)
+    with pytest.raises(OSError) as error:
+        list(open_source(SourceConfig(realtime=False, max_pixels=50_000), str(path)).frames())
+    assert str(error.value) == f"{path}: too large: 320x240 = 76800 pixels, more than [source] max_pixels = 50000"
+
+
+def _run_stream_until(source, enough, timeout: float = 20.0) -> list:
+    got: list = []
+    reader = threading.Thread(target=lambda: got.extend(source.frames()))
+    reader.start()
+    deadline = time.monotonic() + timeout
+    while not enough() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    source.stop()
+    reader.join(5)
+    assert not reader.is_alive()
+    return got
+
+
+def test_a_stream_over_max_pixels_is_refused_at_open_logged_once_and_retried_with_back_off(tmp_path, caplog):
+    """A camera or stream (here OpenCV opening a file, as it opens a URL) whose size at open is over the limit: no
+    frame is passed on, one warning names it and its size, and it is retried as a lost stream is."""
+    path = write_video(tmp_path / "cam.avi", frames=5)
+    source = VideoSource(str(path), SourceConfig(max_pixels=50_000, reconnect_min=0.01, reconnect_max=0.02))
+    got = _run_stream_until(source, lambda: source.skips.counts["too large"] >= 3)
+    assert got == [] and source.skips.counts["too large"] >= 3 and source.skipped >= 3
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "too large" in r.getMessage()]
+    assert warnings == [f"{path}: too large: 320x240 = 76800 pixels, more than [source] max_pixels = 50000; skipped "
+                        "(more that are too large are counted quietly)"]
+
+
+def test_frames_over_max_pixels_from_a_stream_that_did_not_say_its_size_are_not_passed_on(tmp_path, monkeypatch,
+                                                                                            caplog):
+    """Some backends report 0x0 until the first frame, and a stream may change its size: each frame is checked."""
+    from appliance import sources
+
+    monkeypatch.setattr(sources, "frame_too_large", lambda cap, name, max_pixels: None)  # a size unknown at open
+    path = write_video(tmp_path / "cam.avi", frames=5)
+    source = VideoSource(str(path), SourceConfig(max_pixels=50_000, reconnect_min=0.01, reconnect_max=0.02))
+    got = _run_stream_until(source, lambda: source.skips.counts["too large"] >= 5)
+    assert got == [] and source.skips.counts["too large"] >= 5
+    assert sum("too large" in r.getMessage() for r in caplog.records if r.levelname == "WARNING") == 1
+
+
+def test_the_service_skips_a_huge_image_at_once_without_a_false_no_frames_fault(model_dir, tmp_path):
+    """The issue's case: a 12000x12000 JPEG between two photos took 3.5 to 5.7 s to decode here, past the camera
+    timeout, so the door went to its fail state with a "no frames" fault (seen with this very run and max_pixels
+    raised to 2^30). Now it is skipped at once and the door decides on both photos without a fault."""
+    from test_imaging import write_big_jpeg
+    from test_service import events, make_service
+
+    from appliance.vocab import Decision, Kind
+
+    folder = tmp_path / "door"
+    folder.mkdir()
+    (folder / "a-photo.jpg").write_bytes(scene_images("with_mask", limit=1)[0].read_bytes())
+    write_big_jpeg(folder / "b-big.jpg")
+    (folder / "c-photo.jpg").write_bytes(scene_images("without_mask", limit=1)[0].read_bytes())
+    service = make_service(model_dir, tmp_path, source={"still_frames": 8}, service={"camera_timeout": 1.0})
+    source = open_source(service.cfg.source, str(folder))
+    assert service.run(source) == 0
+    assert source.skips.counts == {"too large": 1}
+    assert events(tmp_path, Kind.FAULT) == []
+    decisions = [e["state"] for e in events(tmp_path, Kind.DECISION)]
+    assert decisions[0] == Decision.ALLOW and decisions[-1] == Decision.DENY
+    assert events(tmp_path, Kind.STOP)[-1]["skipped"] == 1

@@ -1,0 +1,195 @@
+"""Reading images safely: the size is judged from the file's header before anything is decoded (issue #13, item 4).
+
+The large files are real: a 12000x12000 JPEG, and an 875 kB PNG that decodes to 30000x30000 (built as a valid PNG in
+a fraction of a second, below). Memory is measured in a fresh Python process by its peak RSS (VmHWM)."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import struct
+import subprocess
+import sys
+import textwrap
+import time
+import zlib
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from conftest import REPO, scene_images
+
+from appliance.config import SourceConfig
+from appliance.imaging import DEFAULT_MAX_PIXELS, Refused, Skip, read_bgr, read_image
+
+MB = 2**20
+
+
+def write_zero_png(path: Path, width: int, height: int) -> Path:
+    """A complete, valid 8-bit grey PNG of zeros. Compressing width x height bytes would take seconds at 30000^2,
+    so one block of rows is compressed once, ended with a full flush (which resets the compressor, so the same rows
+    compress to the same bytes again), and repeated; the Adler-32 of n zero bytes is (n mod 65521) << 16 | 1."""
+    rows = next(r for r in (1000, 100, 10, 1) if height % r == 0)
+    raw = zlib.compressobj(9, zlib.DEFLATED, -15)
+    block = raw.compress(bytes(width + 1) * rows) + raw.flush(zlib.Z_FULL_FLUSH)  # filter byte 0, then pixels
+    final = zlib.compressobj(9, zlib.DEFLATED, -15).flush()  # an empty last block
+    adler = ((width + 1) * height % 65521) << 16 | 1
+    idat = b"\x78\xda" + block * (height // rows) + final + struct.pack(">I", adler)
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8 bits, grey, deflate, no filter set, no interlace
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+    return path
+
+
+def write_big_jpeg(path: Path, side: int = 12000) -> Path:
+    """A real side x side JPEG (grey: quick to encode; it still decodes to side x side x 3 bytes of BGR)."""
+    assert cv2.imwrite(str(path), np.full((side, side), 128, np.uint8))
+    return path
+
+
+@pytest.fixture(scope="module")
+def big_files(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("big")
+    return {"jpeg": write_big_jpeg(root / "big.jpg"), "png": write_zero_png(root / "bomb.png", 30000, 30000)}
+
+
+# Peak memory of a process, in MB, from a point on: Linux resets the high-water mark (VmHWM) to the current RSS when
+# "5" is written to /proc/self/clear_refs, so a transient allocation between reset_peak() and peak_growth() shows.
+PEAK_MEMORY = """
+import re
+def _status(key):
+    return int(re.search(key + r":\\s+(\\d+) kB", open("/proc/self/status").read()).group(1)) / 1024
+def reset_peak():
+    global _base
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    _base = _status("VmRSS")
+def peak_growth():
+    return _status("VmHWM") - _base
+"""
+
+
+def peak_rss_growth(script: str) -> dict:
+    """Run `script` in a fresh Python, after warming up the decoders on a real photo, with reset_peak() and
+    peak_growth() (MB) at hand; it fills the dict `out`, which comes back."""
+    prelude = PEAK_MEMORY + textwrap.dedent(f"""
+        import json
+        from appliance.imaging import read_image
+        read_image({str(scene_images("with_mask", limit=1)[0])!r})
+        out = {{}}
+    """)
+    proc = subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(script) + "\nprint(json.dumps(out))"],
+                          capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.splitlines()[-1])
+
+
+def test_the_default_limit_is_the_configs():
+    assert DEFAULT_MAX_PIXELS == SourceConfig().max_pixels == 50_000_000
+
+
+def test_the_crafted_png_is_a_real_png(tmp_path):
+    """The writer's output decodes (OpenCV checks the CRCs and zlib the Adler-32) to the size it claims."""
+    image = read_image(write_zero_png(tmp_path / "z.png", 3000, 2000))
+    assert isinstance(image, np.ndarray) and image.shape == (2000, 3000, 3) and int(image.max()) == 0
+
+
+@pytest.mark.parametrize("kind, side", [("jpeg", 12000), ("png", 30000)])
+def test_an_image_over_the_limit_is_refused_from_its_header_without_the_memory_to_decode_it(big_files, kind, side):
+    """Before: the 12000x12000 JPEG cost 969 MB of RSS, the 875 kB PNG 5.2 GB. Now each costs nothing; the same
+    process then decodes a 4000x3000 JPEG (36 MB of BGR) to show the measurement sees a decode when there is one."""
+    path = big_files[kind]
+    control = path.parent / "control.jpg"
+    if not control.exists():
+        assert cv2.imwrite(str(control), np.full((3000, 4000, 3), 90, np.uint8))
+    if kind == "png":
+        assert path.stat().st_size < 900_000  # the issue's "875 kB PNG"
+    got = peak_rss_growth(f"""
+        import time
+        reset_peak()
+        started = time.monotonic()
+        refused = read_image({str(path)!r})
+        out['seconds'] = time.monotonic() - started
+        out['refused_mb'] = peak_growth()
+        out['refused'] = [str(refused), refused.why]
+        reset_peak()
+        out['control'] = list(read_image({str(control)!r}).shape)
+        out['control_mb'] = peak_growth()
+    """)
+    line, why = got["refused"]
+    assert why == Skip.TOO_LARGE
+    # Pillow tells the width and height up to 179 MP (2 x Image.MAX_IMAGE_PIXELS); past that only the count
+    described = f"{side}x{side} = {side * side} pixels" if side * side < 179_000_000 else f"{side * side} pixels"
+    assert line == f"{path}: too large: {described}, more than [source] max_pixels = 50000000"
+    assert got["refused_mb"] < 2, f"refusing {path.name} grew the peak RSS by {got['refused_mb']:.0f} MB"
+    assert got["seconds"] < 0.5
+    assert got["control"] == [3000, 4000, 3] and got["control_mb"] > 30  # the measurement sees a decode
+
+
+def test_the_limit_is_inclusive_and_says_the_size(tmp_path):
+    photo = scene_images("without_mask", limit=1)[0]
+    h, w = read_image(photo).shape[:2]
+    assert read_image(photo, max_pixels=w * h).shape == (h, w, 3)
+    refused = read_image(photo, max_pixels=w * h - 1)
+    assert isinstance(refused, Refused) and refused.why == Skip.TOO_LARGE
+    assert str(refused) == f"{photo}: too large: {w}x{h} = {w * h} pixels, more than [source] max_pixels = {w * h - 1}"
+    assert read_bgr(photo, max_pixels=w * h - 1) is None  # the old interface: None, as for any unreadable file
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".png", ".webp", ".tif", ".bmp"])
+def test_pillows_own_bomb_limit_does_not_decide(tmp_path, monkeypatch, suffix):
+    """Pillow's open refuses anything over 2 x Image.MAX_IMAGE_PIXELS (179 MP), naming only its pixel count; the
+    config may allow more. With Pillow's limit pulled down to 2000 pixels, a photo in each format is still decoded
+    within our limit, and refused over it by its true pixel count."""
+    from PIL import Image
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    path = tmp_path / f"photo{suffix}"
+    cv2.imwrite(str(path), read_image(scene_images("with_mask", limit=1)[0]))
+    with pytest.raises(Image.DecompressionBombError):
+        Image.open(path)
+    h, w = cv2.imread(str(path)).shape[:2]
+    assert read_image(path).shape == (h, w, 3)
+    assert str(read_image(path, max_pixels=100_000)) == f"{path}: too large: {w * h} pixels, more than [source] " \
+                                                        "max_pixels = 100000"
+
+
+def test_files_that_are_not_images_say_why_in_one_line(tmp_path):
+    photo = scene_images("with_mask", limit=1)[0]
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "text.jpg").write_text("not an image")
+    (tmp_path / "cut.png").write_bytes(write_zero_png(tmp_path / "z.png", 64, 64).read_bytes()[:20])
+    (tmp_path / "folder.jpg").mkdir()
+    os.mkfifo(tmp_path / "fifo.jpg")  # opening a FIFO for reading would wait for a writer: it must not
+    expected = {"missing.jpg": "No such file or directory", "empty.jpg": "empty file",
+                "text.jpg": "no image header that gives its size", "cut.png": "its header cannot be read",
+                "folder.jpg": "not a regular file", "fifo.jpg": "not a regular file"}
+    if os.geteuid() != 0:  # root reads any mode
+        locked = tmp_path / "locked.jpg"
+        locked.write_bytes(photo.read_bytes())
+        locked.chmod(0)
+        expected["locked.jpg"] = "Permission denied"
+    started = time.monotonic()
+    for name, why in expected.items():
+        refused = read_image(tmp_path / name)
+        assert isinstance(refused, Refused) and refused.why == Skip.UNREADABLE, name
+        assert str(refused).startswith(f"{tmp_path / name}: unreadable: {why}") and "\n" not in str(refused)
+    assert time.monotonic() - started < 1
+    assert stat.S_ISFIFO((tmp_path / "fifo.jpg").stat().st_mode)
+
+
+def test_a_small_image_padded_to_a_gigabyte_is_refused_without_being_read(tmp_path):
+    """Junk after a valid 64x64 PNG (a sparse file here): reading it whole would cost 1 GiB."""
+    path = write_zero_png(tmp_path / "padded.png", 64, 64)
+    assert read_image(path).shape == (64, 64, 3)
+    os.truncate(path, 2**30)
+    started = time.monotonic()
+    refused = read_image(path)
+    assert time.monotonic() - started < 0.5
+    assert isinstance(refused, Refused) and refused.why == Skip.TOO_LARGE
+    assert str(refused) == f"{path}: too large: a file of {2**30} bytes, more than any image of 4096 pixels needs"
