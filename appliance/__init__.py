@@ -4,6 +4,7 @@ from pathlib import Path
 
 __version__ = "0.1.0"
 
-# The repository's models/ folder: the shipped model, its card and the asset manifest. The Pi installer copies
-# these next to the service's state; a source checkout or editable install finds them here.
-MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+# The shipped model, its card and the asset manifest travel inside the package as appliance/models (package data
+# in the wheel the Pi installs). In a checkout that folder is a link to the repository's models/, their documented
+# place; resolving it names the real folder, so paths in messages read models/... there and site-packages/... on a Pi.
+MODELS_DIR = (Path(__file__).resolve().parent / "models").resolve()

@@ -39,9 +39,22 @@ def sha256_of(path: Path) -> str:
 
 
 def load_manifest(manifest: Path = MANIFEST) -> dict[str, Asset]:
-    with open(manifest, "rb") as f:
-        table = tomllib.load(f)
-    return {name: Asset(name, entry["path"], entry["url"], entry["sha256"]) for name, entry in table.items()}
+    """The manifest's assets by name; a missing or malformed manifest is one AssetError line naming it."""
+    try:
+        with open(manifest, "rb") as f:
+            table = tomllib.load(f)
+    except FileNotFoundError:
+        # The manifest is package data (appliance/models): an install without it was built without models/.
+        raise AssetError(f"{manifest}: not found (a package built without its models/ data?)") from None
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise AssetError(f"{manifest}: {exc}") from None
+    assets = {}
+    for name, entry in table.items():
+        for key in ("path", "url", "sha256"):
+            if not isinstance(entry, dict) or not isinstance(entry.get(key), str):
+                raise AssetError(f"{manifest}: [{name}] {key} must be a string")
+        assets[name] = Asset(name, entry["path"], entry["url"], entry["sha256"])
+    return assets
 
 
 def cache_dir() -> Path:

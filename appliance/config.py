@@ -56,7 +56,8 @@ class SourceConfig:
                          "either way the policy's clock is the video's own timestamps, so decisions are the same")
     max_pixels: int = opt(50_000_000, "largest frame or image, in pixels (width x height), that is decoded; larger "
                           "ones are skipped, counted and logged once, read from the file's header before decoding "
-                          "(a 50 MP frame costs 150 MB as BGR; the Pi cameras give at most 12.3 MP; OpenCV decodes at most 2**30)", 1, 2**30)
+                          "(a 50 MP frame costs 150 MB as BGR; the Pi cameras give at most 12.3 MP; OpenCV decodes "
+                          "at most 2**30)", 1, 2**30)
     reconnect_min: float = opt(0.5, "first wait before reconnecting a lost camera or stream, seconds", 0.01, 60)
     reconnect_max: float = opt(30.0, "longest wait between reconnection attempts, seconds", 0.1, 600)
 

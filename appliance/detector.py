@@ -50,15 +50,63 @@ def _expand(box, cfg: DetectorConfig, shape) -> tuple[float, float, float, float
 
 
 class YuNetDetector:
+    """YuNet at up to `max_side` px; frames larger than that get a second look at up to `second_side` px, and the
+    faces of both looks are merged (non-maximum suppression at `nms_threshold`).
+
+    Why two looks: YuNet finds faces best in a band of sizes, so one scale misses some small faces and some large
+    ones. On scenes-ilc's validation part (faces >= 32 px, IoU > 0.3) one look finds 0.924 at 480 px, 0.951 at 640,
+    0.958 at 1024, and 640 + 1024 together 0.968, gaining at every face size (benchmarks/detector.py). A Pi camera's
+    detection stream (512x384) is no larger than max_side, so the frame loop takes one look.
+    """
+
     def __init__(self, cfg: DetectorConfig):
         self.cfg = cfg
+        # getattr: [detector] second_side is new; until config.py carries it, a config without it takes one look.
+        self.second_side = int(getattr(cfg, "second_side", 0))
+        # One network per look, each keeping its own input size (setInputSize rebuilds YuNet's anchors).
+        self._looks = [_YuNetLook(cfg) for _ in range(2 if self.second_side > cfg.max_side else 1)]
+
+    def detect(self, frame_bgr: np.ndarray) -> list[Face]:
+        rows = self._looks[0].rows(frame_bgr, self.cfg.max_side)
+        if len(self._looks) == 2 and max(frame_bgr.shape[:2]) > self.cfg.max_side:
+            rows = _merge(np.concatenate([rows, self._looks[1].rows(frame_bgr, self.second_side)]), self.cfg)
+        faces = []
+        for row in rows:
+            x, y, w, h = (float(v) for v in row[:4])
+            face = Face(_expand((x, y, x + w, y + h), self.cfg, frame_bgr.shape), float(row[14]),
+                        tuple((float(row[i]), float(row[i + 1])) for i in range(4, 14, 2)))
+            if face.size >= self.cfg.min_face:
+                faces.append(face)
+        return sorted(faces, key=lambda f: -f.score)[: self.cfg.top_k]
+
+
+def _merge(rows: np.ndarray, cfg: DetectorConfig) -> np.ndarray:
+    """The rows of two looks with overlapping boxes merged: the higher score's row stays."""
+    if len(rows) == 0:
+        return rows
+    keep = cv2.dnn.NMSBoxes(rows[:, :4].tolist(), rows[:, 14].tolist(), cfg.score_threshold, cfg.nms_threshold)
+    return rows[np.ravel(keep).astype(int)]
+
+
+# YuNet's own top_k is not "faces kept": OpenCV passes it to NMSBoxes, which keeps only that many of the highest
+# scoring candidates BEFORE suppression, and every face yields several overlapping candidates. At 50 (the old
+# [detector] top_k) crowd photos lost faces scored 0.8 and more: recall on scenes-ilc's validation part (faces
+# >= 32 px, IoU > 0.3, 480 px) was 0.916, and 0.924 with 5000 candidates (opencv_zoo's YuNet demo's value).
+# [detector] top_k is applied to the faces after suppression instead.
+CANDIDATES = 5000
+
+
+class _YuNetLook:
+    """One YuNet network at one input size: rows of (x, y, w, h, 5 landmarks, score) in frame pixels."""
+
+    def __init__(self, cfg: DetectorConfig):
         self._net = cv2.FaceDetectorYN.create(
-            str(resolve("yunet")), "", (320, 320), cfg.score_threshold, cfg.nms_threshold, cfg.top_k
+            str(resolve("yunet")), "", (320, 320), cfg.score_threshold, cfg.nms_threshold, CANDIDATES
         )
         self._size: tuple[int, int] | None = None
 
-    def detect(self, frame_bgr: np.ndarray) -> list[Face]:
-        s = _scale_for(frame_bgr.shape, self.cfg.max_side)
+    def rows(self, frame_bgr: np.ndarray, max_side: int) -> np.ndarray:
+        s = _scale_for(frame_bgr.shape, max_side)
         # Bilinear, not INTER_AREA: a quarter of the cost, and the same recall on scenes-dev (0.884 at 480 px).
         small = frame_bgr if s == 1.0 else cv2.resize(frame_bgr, shrunk(frame_bgr.shape, s),
                                                       interpolation=cv2.INTER_LINEAR)
@@ -67,14 +115,11 @@ class YuNetDetector:
             self._net.setInputSize(size)
             self._size = size
         _, rows = self._net.detect(small)
-        faces = []
-        for row in [] if rows is None else rows:
-            x, y, w, h = (float(v) / s for v in row[:4])
-            face = Face(_expand((x, y, x + w, y + h), self.cfg, frame_bgr.shape), float(row[14]),
-                        tuple((float(row[i]) / s, float(row[i + 1]) / s) for i in range(4, 14, 2)))
-            if face.size >= self.cfg.min_face:
-                faces.append(face)
-        return faces
+        if rows is None:
+            return np.zeros((0, 15), np.float32)
+        rows = rows[:, :15].copy()
+        rows[:, :14] /= s
+        return rows
 
 
 class SSDDetector:

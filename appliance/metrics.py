@@ -10,8 +10,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Mapping
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
+
+from appliance.vocab import Decision, Door, Fault, Kind, Label, Recovery
 
 log = logging.getLogger(__name__)
 
@@ -21,14 +25,23 @@ disable_created_metrics()
 
 PREFIX = "mask_appliance"
 STAGES = ("capture", "detect", "classify", "decide")
-LABELS = ("with_mask", "without_mask", "incorrect_mask")
-DECISIONS = ("idle", "allow", "deny")
+LABELS = tuple(Label)
+DECISIONS = tuple(Decision)
 # A Pi 4 runs YuNet on 480 px in ~20-40 ms and the int8 classifier in ~5-15 ms a face; a Pi 3 or a busy CPU takes
 # several times that. 5 ms .. 2 s brackets every stage on every Pi we support, finer where the budget of a 15 fps
 # loop (67 ms) is decided.
 STAGE_BUCKETS = (0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.0)
 # The classic text format, which every Prometheus reads (our names are plain ASCII, so nothing is lost).
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_RECOVERIES = frozenset(Recovery)
+_DOORS = frozenset(Door)
+
+
+def is_recovery(record: Mapping[str, Any]) -> bool:
+    """Whether a record says a fault is over: kind "recovery", or, in a log written before that kind existed, a
+    "fault" whose `what` names a recovery ("frames back", "camera guard back")."""
+    kind, what = record.get("kind"), (record.get("detail") or {}).get("what")
+    return kind == Kind.RECOVERY or (kind == Kind.FAULT and what in _RECOVERIES)
 
 
 class Metrics:
@@ -43,6 +56,8 @@ class Metrics:
         self.decisions = Counter(f"{PREFIX}_decisions", "Decisions taken (changes of the door decision), by kind",
                                  ["decision"], registry=r)
         self.faults = Counter(f"{PREFIX}_faults", "Faults in the event log, by kind", ["kind"], registry=r)
+        self.recoveries = Counter(f"{PREFIX}_recoveries", "Faults over (frames back, camera guard back), by kind",
+                                  ["kind"], registry=r)
         self.model_swaps = Counter(f"{PREFIX}_model_swaps", "Models swapped in or configs reloaded", registry=r)
         self.door_locked = Gauge(f"{PREFIX}_door_locked", "1 while the door is locked, 0 while released", registry=r)
         self.camera_up = Gauge(f"{PREFIX}_camera_up", "1 while frames arrive, 0 after the camera timeout",
@@ -75,18 +90,20 @@ class Metrics:
     # -- the Output protocol ----------------------------------------------------------------------------------
     def on_record(self, record: dict) -> None:
         kind, detail = record.get("kind"), record.get("detail") or {}
-        if kind == "decision":
+        what = str(detail.get("what") or "unknown")
+        if kind == Kind.DECISION:
             self.decisions.labels(str(record.get("state"))).inc()
-            if detail.get("door") in ("locked", "released"):
-                self.door_locked.set(detail["door"] == "locked")
-        elif kind == "fault":
-            what = str(detail.get("what") or "unknown")
-            self.faults.labels(what).inc()
-            if what == "no frames":
-                self.camera_up.set(0)
-            elif what == "frames back":
+            if detail.get("door") in _DOORS:
+                self.door_locked.set(detail["door"] == Door.LOCKED)
+        elif is_recovery(record):  # before faults: an older log recorded recoveries as faults
+            self.recoveries.labels(what).inc()
+            if what == Recovery.FRAMES_BACK:
                 self.camera_up.set(1)
-        elif kind == "model":
+        elif kind == Kind.FAULT:
+            self.faults.labels(what).inc()
+            if what == Fault.NO_FRAMES:
+                self.camera_up.set(0)
+        elif kind in (Kind.MODEL, Kind.CONFIG):  # a config reload was a "model" event in older logs
             self.model_swaps.inc()
 
     def on_status(self, status: dict) -> None:
@@ -101,8 +118,8 @@ class Metrics:
                 self.model_info.clear()
                 self.model_info.labels(*model).set(1)
                 self._model = model
-        if status.get("door") in ("locked", "released"):
-            self.door_locked.set(status["door"] == "locked")
+        if status.get("door") in _DOORS:
+            self.door_locked.set(status["door"] == Door.LOCKED)
         if "camera_lost" in status:
             self.camera_up.set(0 if status["camera_lost"] else 1)
         if isinstance(status.get("fps"), int | float):

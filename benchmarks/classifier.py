@@ -1,7 +1,8 @@
 """The classifier alone: the float Keras model against the int8 TFLite model exported from it, on the same crops.
 
     python benchmarks/classifier.py --keras runs/shipped-128/model.keras \
-        [--model models/mask_classifier.tflite] [--scenes ../shared/datasets/scenes-dev/labels.csv] [--rounds 3]
+        [--model models/mask_classifier.tflite] [--scenes ../shared/datasets/scenes-dev/labels.csv] [--rounds 3] \
+        [--json > OUT]
 
 Every labelled face in --scenes is cut from its labelled box as the appliance cuts it (the model card's square crop
 and margin, at the card's input size). Each model then runs in its own process and classifies the crops one at a
@@ -9,6 +10,8 @@ time, as the appliance does: the float model through Keras (TensorFlow), the int
 file size, load time, median and p90 time per crop, crops per second and peak memory (RSS) of each process, from the
 fastest of --rounds alternating runs; accuracy, TNR, FNR and ROC AUC of each at the card's threshold; and how often
 the two agree. The float model is the `model.keras` that `mask-train train` writes beside the .tflite it exports.
+With --json, the figures are one JSON document on stdout and the tables go to stderr, as `--json` means in
+`mask-appliance detect`.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from appliance import cliparse
 
 REPO = Path(__file__).resolve().parent.parent
 SCENES = REPO.parent / "shared" / "datasets" / "scenes-dev" / "labels.csv"
@@ -82,39 +87,56 @@ def _child(args) -> dict:
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, epilog=cliparse.EXIT_CODES,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging (on stderr)")
     parser.add_argument("--keras", type=Path, required=True, help="the float model (model.keras of a training run)")
     parser.add_argument("--model", type=Path, default=REPO / "models" / "mask_classifier.tflite",
                         help="the int8 model exported from it, with its card beside it (default: the shipped one)")
     parser.add_argument("--scenes", type=Path, default=SCENES, help="labels.csv whose faces are classified")
     parser.add_argument("--rounds", type=int, default=3, help="runs of each model, alternating; fastest kept")
     parser.add_argument("--threads", type=int, default=2, help="threads for each model (default 2)")
-    parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--json", action="store_true", help=f"{cliparse.JSON_HELP}: the figures, as one document")
     parser.add_argument("--child", choices=["int8", "float"], help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    cliparse.setup_logging(args.verbose)
     if args.child:
         print(json.dumps(_child(args)))
-        return 0
+        return cliparse.OK
+    return cliparse.run("classifier.py", lambda: compare(args))
+
+
+def _run_child(name: str, args: argparse.Namespace, env: dict[str, str]) -> dict:
+    cmd = [sys.executable, __file__, "--child", name, "--keras", str(args.keras), "--model", str(args.model),
+           "--scenes", str(args.scenes), "--threads", str(args.threads)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"the {name} model's run failed: {proc.stderr.strip()[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def compare(args: argparse.Namespace) -> int:
     for path in (args.keras, args.model, args.scenes):
         if not path.is_file():
-            print(f"classifier.py: {path}: no such file", file=sys.stderr)
-            return 1
+            raise cliparse.BadInput(f"{path}: no such file")
+    out = sys.stderr if args.json else sys.stdout  # with --json, stdout holds the JSON document alone
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     best: dict[str, dict] = {}
     for _ in range(args.rounds):
         for name in ("int8", "float"):
-            cmd = [sys.executable, __file__, "--child", name, "--keras", str(args.keras), "--model", str(args.model),
-                   "--scenes", str(args.scenes), "--threads", str(args.threads)]
-            raw = json.loads(subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
-                             .stdout.strip().splitlines()[-1])
+            raw = _run_child(name, args, env)
             raw["median_ms"] = statistics.median(raw["times"]) * 1000
             if name not in best or raw["median_ms"] < best[name]["median_ms"]:
                 best[name] = raw
     from training import report
 
     print(f"{'model':<6} {'file MB':>8} {'load s':>7} {'crops':>6} {'median ms':>10} {'p90 ms':>7} {'crops/s':>8} "
-          f"{'peak RSS MB':>12} {'accuracy':>9} {'TNR':>6} {'FNR':>6} {'ROC AUC':>8}")
+          f"{'peak RSS MB':>12} {'accuracy':>9} {'TNR':>6} {'FNR':>6} {'ROC AUC':>8}", file=out)
     summary = {}
     for name, r in best.items():
         p, y = np.array(r["p"]), np.array(r["labels"])
@@ -125,7 +147,7 @@ def main() -> int:
         s = summary[name]
         print(f"{name:<6} {s['model_mb']:>8.2f} {s['load_s']:>7.2f} {s['n']:>6} {s['median_ms']:>10.2f} "
               f"{s['p90_ms']:>7.2f} {s['crops_per_s']:>8.0f} {s['peak_rss_mb']:>12.0f} {s['accuracy']:>9.3f} "
-              f"{s['tnr']:>6.3f} {s['fnr']:>6.3f} {s['roc_auc']:>8.4f}")
+              f"{s['tnr']:>6.3f} {s['fnr']:>6.3f} {s['roc_auc']:>8.4f}", file=out)
     p8, pf = np.array(best["int8"]["p"]), np.array(best["float"]["p"])
     t = best["int8"]["threshold"]
     gap = np.abs(p8 - pf)
@@ -134,16 +156,17 @@ def main() -> int:
     params = best["float"]["params"]
     summary["float"]["weights_mb"] = params * 4 / 1e6
     print(f"the float file holds {params / 1e6:.2f} M float32 parameters ({params * 4 / 1e6:.2f} MB) and whatever "
-          "else Keras saved with them (the optimizer's state, for mask-train's model.keras)")
+          "else Keras saved with them (the optimizer's state, for mask-train's model.keras)", file=out)
     a = summary["agreement"]
     print(f"int8 and float agree on {a['labels']:.2%} of the {len(p8)} crops at threshold {t}; "
-          f"|p_int8 - p_float| mean {a['mean_abs_p']:.4f}, max {a['max_abs_p']:.4f}")
+          f"|p_int8 - p_float| mean {a['mean_abs_p']:.4f}, max {a['max_abs_p']:.4f}", file=out)
     print(f"int8 is {summary['float']['median_ms'] / summary['int8']['median_ms']:.1f}x faster per crop, "
           f"{summary['float']['model_mb'] / summary['int8']['model_mb']:.1f}x smaller on disk, and uses "
-          f"{summary['int8']['peak_rss_mb'] / summary['float']['peak_rss_mb']:.2f} of the float process's peak memory")
+          f"{summary['int8']['peak_rss_mb'] / summary['float']['peak_rss_mb']:.2f} of the float process's peak memory",
+          file=out)
     if args.json:
-        args.json.write_text(json.dumps(summary, indent=2))
-    return 0
+        print(json.dumps(summary, indent=2))
+    return cliparse.OK
 
 
 if __name__ == "__main__":

@@ -1,12 +1,13 @@
 """This project's pipeline against the classic tutorial one, on the same frames, each in its own process.
 
     python benchmarks/compare.py --source ../shared/datasets/scenes-dev/images \
-        [--scenes ../shared/datasets/scenes-dev/labels.csv] [--rounds 3] [--limit N] [--model M] [--json OUT]
+        [--scenes ../shared/datasets/scenes-dev/labels.csv] [--rounds 3] [--limit N] [--model M] [--json > OUT]
 
 Prints per-stage time (capture, detect, classify, decide), per-frame median and p90, frames per second and peak
 memory (RSS) of each process, from the fastest of --rounds alternating runs of each; with --scenes, also the
 accuracy of each pipeline on the very frames it was timed on (scored as `mask-train evaluate` scores: IoU > 0.5,
-recall, accuracy, TNR, FNR by face size).
+recall, accuracy, TNR, FNR by face size). With --json, the figures are one JSON document on stdout and the tables go
+to stderr, as `--json` means in `mask-appliance detect`.
 
 The classic pipeline is the one ../shared/peers/README.md describes: the res10 SSD at confidence 0.5, every box
 cropped, resized to 224x224 and classified with the Keras model's predict, one call per frame.
@@ -26,6 +27,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from appliance import cliparse
 
 REPO = Path(__file__).resolve().parent.parent
 PEER = REPO.parent / "shared" / "peers" / "classic-keras-mask-detector" / "mask_detector.h5"
@@ -57,6 +60,8 @@ def run_ours(files: list[Path], threads: int, model_path: Path | None = None) ->
         t0 = time.perf_counter()
         image = read_bgr(path)
         t1 = time.perf_counter()
+        if image is None:
+            raise ValueError(f"{path}: unreadable image")
         found = detector.detect(image)
         t2 = time.perf_counter()
         probs = model.classify_all(image, [f.box for f in found])
@@ -94,6 +99,8 @@ def run_classic(files: list[Path], threads: int, model_path: Path | None = None)
         t0 = time.perf_counter()
         image = cv2.imread(str(path))
         t1 = time.perf_counter()
+        if image is None:
+            raise ValueError(f"{path}: unreadable image")
         h, w = image.shape[:2]
         net.setInput(cv2.dnn.blobFromImage(image, 1.0, (300, 300), (104.0, 177.0, 123.0)))
         found = net.forward().reshape(-1, 7)
@@ -158,8 +165,10 @@ def _summary(result: dict) -> dict:
     }
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, epilog=cliparse.EXIT_CODES,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging (on stderr)")
     parser.add_argument("--source", required=True, help="folder or glob of images")
     parser.add_argument("--scenes", type=Path, help="labels.csv of the frames, to score each pipeline's accuracy")
     parser.add_argument("--limit", type=int, help="first N images only")
@@ -168,26 +177,49 @@ def main() -> int:
                         help="runs of each pipeline, alternating; each pipeline's fastest (by median) is kept, so that "
                              "a burst of noise on a shared machine hits neither alone (default 3)")
     parser.add_argument("--threads", type=int, default=2, help="threads for each pipeline's classifier")
-    parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--json", action="store_true", help=f"{cliparse.JSON_HELP}: the figures, as one document")
     parser.add_argument("--plots", type=Path, help="folder for roc.png (label crops) and frame_time.png")
     parser.add_argument("--child", choices=["ours", "classic"], help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    cliparse.setup_logging(args.verbose)
     if args.child:
         _child(args)
-        return 0
+        return cliparse.OK
+    return cliparse.run("compare.py", lambda: compare(args))
+
+
+def _run_child(name: str, args: argparse.Namespace, env: dict[str, str]) -> dict:
+    cmd = [sys.executable, __file__, "--child", name, "--source", args.source, "--threads", str(args.threads)]
+    if args.scenes:
+        cmd += ["--scenes", str(args.scenes)]
+    if args.limit:
+        cmd += ["--limit", str(args.limit)]
+    if args.model:
+        cmd += ["--model", str(args.model)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"the {name} pipeline failed: {proc.stderr.strip()[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def compare(args: argparse.Namespace) -> int:
+    for path in (args.scenes, args.model):
+        if path is not None and not path.is_file():
+            raise cliparse.BadInput(f"{path}: no such file")
+    if not _files(args.source, args.limit):
+        raise cliparse.BadInput(f"{args.source}: no images")
+    out = sys.stderr if args.json else sys.stdout  # with --json, stdout holds the JSON document alone
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    results, accuracy, crops = {}, {}, {}
+    results: dict[str, dict] = {}
+    accuracy: dict[str, dict] = {}
+    crops: dict[str, tuple] = {}
     for _ in range(args.rounds):
         for name in ("ours", "classic"):
-            cmd = [sys.executable, __file__, "--child", name, "--source", args.source, "--threads", str(args.threads)]
-            if args.scenes:
-                cmd += ["--scenes", str(args.scenes)]
-            if args.limit:
-                cmd += ["--limit", str(args.limit)]
-            if args.model:
-                cmd += ["--model", str(args.model)]
-            out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True).stdout
-            raw = json.loads(out.strip().splitlines()[-1])
+            raw = _run_child(name, args, env)
             summary = _summary(raw)
             if name not in results or summary["median_ms"] < results[name]["median_ms"]:
                 results[name] = summary
@@ -196,36 +228,36 @@ def main() -> int:
                 crops[name] = (np.array(raw["label_crops"]["p"]), np.array(raw["label_crops"]["labels"]),
                                raw["threshold"])
     print(f"{'pipeline':<10} {'frames':>6} {'faces':>6} {'median ms':>10} {'p90 ms':>8} {'fps':>7} "
-          f"{'capture':>8} {'detect':>7} {'classify':>9} {'decide':>7} {'peak RSS MB':>12} {'model MB':>9}")
+          f"{'capture':>8} {'detect':>7} {'classify':>9} {'decide':>7} {'peak RSS MB':>12} {'model MB':>9}", file=out)
     for name, r in results.items():
         s = r["stages_ms"]
         print(f"{name:<10} {r['frames']:>6} {r['faces']:>6} {r['median_ms']:>10.1f} {r['p90_ms']:>8.1f} "
               f"{r['fps']:>7.1f} {s['capture']:>8.1f} {s['detect']:>7.1f} {s['classify']:>9.1f} {s['decide']:>7.2f} "
-              f"{r['peak_rss_mb']:>12.0f} {r['model_mb']:>9.2f}")
+              f"{r['peak_rss_mb']:>12.0f} {r['model_mb']:>9.2f}", file=out)
     ours, classic = results["ours"], results["classic"]
     print(f"ours is {classic['median_ms'] / ours['median_ms']:.1f}x faster per frame (median) and uses "
-          f"{ours['peak_rss_mb'] / classic['peak_rss_mb']:.2f} of the classic pipeline's peak memory")
+          f"{ours['peak_rss_mb'] / classic['peak_rss_mb']:.2f} of the classic pipeline's peak memory", file=out)
     if accuracy:
         from training.evaluate import format_scenes
 
         for name, scores in accuracy.items():
-            print(f"\n{name}: accuracy on {scores['images']} scenes ({scores['detections']} faces found)")
-            print(format_scenes(scores))
+            print(f"\n{name}: accuracy on {scores['images']} scenes ({scores['detections']} faces found)", file=out)
+            print(format_scenes(scores), file=out)
         for name in results:
             results[name]["scenes"] = accuracy.get(name)
         from training import report
 
-        print()
+        print(file=out)
         for name, (p, y, threshold) in crops.items():
             r = {**report.rates(p, y, threshold), "roc_auc": report.crop_metrics(p, y, threshold)["roc_auc"]}
             results[name]["label_crops"] = r
             print(f"{name}: classifier alone on {r['n']} labelled boxes: accuracy {r['accuracy']:.3f} "
-                  f"TNR {r['tnr']:.3f} FNR {r['fnr']:.3f} ROC AUC {r['roc_auc']:.4f}")
+                  f"TNR {r['tnr']:.3f} FNR {r['fnr']:.3f} ROC AUC {r['roc_auc']:.4f}", file=out)
     if args.plots:
         _plots(args.plots, results, crops)
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
-    return 0
+        print(json.dumps(results, indent=2))
+    return cliparse.OK
 
 
 def _plots(folder: Path, results: dict, crops: dict) -> None:

@@ -83,47 +83,59 @@ add_to_group() {  # user group
     fi
 }
 
+# What the wheel is built from (pyproject.toml's packages; appliance/models, a link to models/, is its package data).
+PACKAGE_PARTS=(appliance training deploy models pyproject.toml README.md)
+
 source_stamp() {  # a hash of everything the install takes from this checkout
-    (cd "$1" && find appliance models deploy systemd pyproject.toml README.md -type f ! -path '*/__pycache__/*' \
-        -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -d' ' -f1)
+    (cd "$1" && find "${PACKAGE_PARTS[@]}" systemd -type f ! -path '*/__pycache__/*' -print0 | sort -z |
+        xargs -0 sha256sum | sha256sum | cut -d' ' -f1)
+}
+
+venv_python() {  # the venv's python on the installed package: -I keeps a checkout in the current folder off sys.path
+    "$APP/venv/bin/python" -I "$@"
+}
+
+installed_models() {  # the folder of the shipped model and asset manifest inside the installed package
+    venv_python -c 'from appliance import MODELS_DIR; print(MODELS_DIR)'
 }
 
 install_code() {
-    local stamp
+    local stamp numpy models
     stamp=$(source_stamp "$SRC")
-    if [ ! -f "$APP/src/.stamp" ] || [ "$(cat "$APP/src/.stamp")" != "$stamp" ]; then
-        say "code into $APP/src"
-        rm -rf "$APP/src.new"
-        mkdir -p "$APP/src.new"
-        # Root's and read-only to everyone else, whoever owns the checkout: the service runs this code with the
-        # gpio group, so a user who could edit it could drive the relay.
-        (cd "$SRC" && tar --exclude=__pycache__ -cf - appliance models deploy systemd pyproject.toml README.md) |
-            tar -C "$APP/src.new" --no-same-owner --no-same-permissions -xf -
-        chmod -R go-w "$APP/src.new"
-        echo "$stamp" > "$APP/src.new/.stamp"
-        rm -rf "$APP/src"
-        mv "$APP/src.new" "$APP/src"
-        code_changed=1
-        changed=1
-    fi
+    [ "$(cat "$APP/.stamp" 2>/dev/null)" = "$stamp" ] || code_changed=1
     # A venv belongs to one release's Python: a Pi moved to another release gets a new one.
     if [ ! -x "$APP/venv/bin/python" ] || [ "$(cat "$APP/venv/.release" 2>/dev/null)" != "$RELEASE" ]; then
         say "virtual environment $APP/venv (with the system's Picamera2 and numpy)"
         rm -rf "$APP/venv"
+        mkdir -p "$APP"
         python3 -m venv --system-site-packages "$APP/venv"
         echo "$RELEASE" > "$APP/venv/.release"
         code_changed=1
-        changed=1
     fi
-    if ((code_changed)); then
-        local numpy
-        numpy=$(system_numpy "$APP/numpy-from-apt.txt")
-        say "pip install (constraints: deploy/constraints/$RELEASE.txt, numpy $numpy from apt kept)"
-        # Editable, so that the installed package finds models/assets.toml beside it in $APP/src.
-        "$APP/venv/bin/pip" install -q -c "$APP/src/deploy/constraints/$RELEASE.txt" -c "$APP/numpy-from-apt.txt" \
-            -e "$APP/src[pi]"
-        keeps_system_numpy
+    ((code_changed)) || return 0
+    # pip builds the wheel from a fresh copy that is root's and read-only to everyone else, whoever owns the
+    # checkout: the service runs this code with the gpio group, so a user who could edit it could drive the relay.
+    # Fresh, because pip builds in the tree it is given and a build/ left from an earlier run could carry a deleted
+    # module into the next wheel.
+    STAGE=$(mktemp -d "$APP/build.XXXXXX")
+    (cd "$SRC" && tar --exclude=__pycache__ -cf - "${PACKAGE_PARTS[@]}") |
+        tar -C "$STAGE" --no-same-owner --no-same-permissions -xf -
+    chmod -R go-w "$STAGE"
+    numpy=$(system_numpy "$APP/numpy-from-apt.txt")
+    say "pip install into $APP/venv (constraints: deploy/constraints/$RELEASE.txt, numpy $numpy from apt kept)"
+    # Not editable: the venv holds the package, its shipped model and asset manifest (package data) included.
+    "$APP/venv/bin/pip" install -q -c "$STAGE/deploy/constraints/$RELEASE.txt" -c "$APP/numpy-from-apt.txt" \
+        "${STAGE}[pi]"
+    keeps_system_numpy
+    models=$(installed_models)
+    if [ ! -f "$models/assets.toml" ] || [ ! -f "$models/mask_classifier.tflite" ]; then
+        refuse "the installed package has no shipped model and asset manifest in $models (built without models/?)"
     fi
+    # $APP/src: the editable checkout that installs before the wheel kept.
+    rm -rf "$STAGE" "$APP/src"
+    STAGE=
+    echo "$stamp" > "$APP/.stamp"  # last: a failed pip install is retried on the next run
+    changed=1
 }
 
 system_numpy() {  # pin: write "numpy==VERSION" of apt's numpy to the file, print VERSION
@@ -138,7 +150,7 @@ system_numpy() {  # pin: write "numpy==VERSION" of apt's numpy to the file, prin
 
 keeps_system_numpy() {  # Picamera2 and simplejpeg break against any numpy but apt's: the venv must not hide it
     local file
-    file=$("$APP/venv/bin/python" -c 'import numpy; print(numpy.__file__)')
+    file=$(venv_python -c 'import numpy; print(numpy.__file__)')
     [[ $file == /usr/lib/python3/dist-packages/* ]] ||
         refuse "pip put a numpy of its own in the venv ($file), which would shadow apt's that Picamera2 needs"
 }
@@ -154,9 +166,11 @@ install_files() {
     chown "root:$SERVICE_USER" "$ETC/config.toml"
     chmod 0640 "$ETC/config.toml"
     if [ ! -f "$STATE/models/mask_classifier.tflite" ]; then
+        local models
+        models=$(installed_models)  # the model the installed package ships, not the checkout's
         say "model into $STATE/models"
-        install -m 0644 "$SRC/models/mask_classifier.json" "$STATE/models/mask_classifier.json"
-        install -m 0644 "$SRC/models/mask_classifier.tflite" "$STATE/models/mask_classifier.tflite"
+        install -m 0644 "$models/mask_classifier.json" "$STATE/models/mask_classifier.json"
+        install -m 0644 "$models/mask_classifier.tflite" "$STATE/models/mask_classifier.tflite"
         changed=1
     fi
     # The service owns its state; the group (and so the deploy user) may put models in, set-gid keeps the group.
@@ -164,7 +178,7 @@ install_files() {
     chmod 2775 "$STATE/models"
     chmod 0750 "$STATE"
     # Fetch the face detector once now (from $MASK_APPLIANCE_ASSETS or its upstream URL, sha256-checked).
-    MASK_APPLIANCE_CACHE=$CACHE "$APP/venv/bin/python" -c "from appliance.assets import resolve; resolve('yunet')"
+    MASK_APPLIANCE_CACHE=$CACHE venv_python -c "from appliance.assets import resolve; resolve('yunet')"
     chown -R "$SERVICE_USER:$SERVICE_USER" "$CACHE"
 }
 
@@ -204,6 +218,8 @@ uninstall() {
     fi
 }
 
+STAGE=
+trap 'rm -rf "${STAGE:-}"' EXIT  # the build copy, if pip or a check failed
 DEPLOY_USER=${SUDO_USER:-}
 UNINSTALL=0
 PURGE=0

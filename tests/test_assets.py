@@ -6,7 +6,7 @@ import hashlib
 import shutil
 
 import pytest
-from conftest import SHARED
+from conftest import REPO, SHARED
 
 from appliance.assets import MANIFEST, AssetError, load_manifest, resolve, sha256_of
 
@@ -23,6 +23,26 @@ def test_manifest_lists_the_detectors_with_their_upstream_sha256():
     for asset in assets.values():
         assert asset.url.startswith("https://")
         assert sha256_of(SHARED / "assets" / asset.path) == asset.sha256
+
+
+def test_the_manifest_is_the_repositorys_in_a_checkout():
+    # appliance/models, the package data a wheel carries, is a link to models/ here (tests/test_install.py builds one)
+    assert MANIFEST == REPO / "models" / "assets.toml"
+
+
+@pytest.mark.parametrize("text, expected", [
+    (None, r"assets\.toml: not found \(a package built without its models/ data\?\)"),
+    ("[yunet\n", r"assets\.toml: .*line 1"),
+    ('[yunet]\npath = "a"\nurl = "https://example.org/a"\n', r"assets\.toml: \[yunet\] sha256 must be a string"),
+    ('yunet = 1\n', r"assets\.toml: \[yunet\] path must be a string"),
+])
+def test_a_missing_or_malformed_manifest_is_one_line_naming_it(tmp_path, text, expected):
+    manifest = tmp_path / "assets.toml"
+    if text is not None:
+        manifest.write_text(text)
+    with pytest.raises(AssetError, match=expected) as err:
+        resolve("yunet", manifest=manifest)
+    assert str(manifest) in str(err.value) and "\n" not in str(err.value)
 
 
 def test_resolves_from_the_mirror(cache):

@@ -23,6 +23,7 @@ from conftest import SHIPPED, scene_images
 from appliance import config
 from appliance.service import Service
 from appliance.sources import ImageSource
+from deploy import cli
 from deploy.cli import main
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
@@ -316,3 +317,42 @@ def test_a_model_that_does_not_match_its_card_is_not_pushed(tmp_path, capsys):
     shutil.copy(SHIPPED.with_suffix(".json"), tmp_path / "mask_classifier.json")
     assert main(["push", "--force", "nowhere", "--model", str(model)]) == 2
     assert "does not match its card" in capsys.readouterr().err
+
+
+# -- one command family (issue #14, item 4): options after the sub-command, exit codes ------------------------------
+
+def test_the_common_options_may_follow_the_sub_command_and_a_later_one_wins():
+    parse = cli.parser().parse
+    before = parse(["--ssh-config", "a.conf", "--timeout", "5", "push", "pi-a"])
+    after = parse(["push", "--ssh-config", "a.conf", "--timeout", "5", "pi-a"])
+    assert (before.ssh_config, before.timeout) == (after.ssh_config, after.timeout) == (Path("a.conf"), 5.0)
+    assert parse(["status", "pi-a", "--parallel", "2", "-v"]).parallel == 2
+    both = parse(["--timeout", "5", "rollback", "--timeout", "7", "pi-a"])
+    assert both.timeout == 7.0 and both.upload_timeout == 300.0 and both.lock_wait == 120.0  # defaults kept
+    untouched = parse(["--lock-wait", "9", "pull", "pi-a", "--to", "d"])
+    assert untouched.lock_wait == 9.0 and untouched.timeout == 30.0 and untouched.verbose is False
+
+
+def test_bad_arguments_and_unreadable_input_are_exit_2_and_the_help_says_so(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["push", "pi-a", "--timeout", "0"])
+    assert stop.value.code == 2 and "--timeout 0.0 is not between 0 and 86400 s" in capsys.readouterr().err
+    assert main(["push", "--force", "nowhere", "--model", str(tmp_path / "none.tflite")]) == 2
+    assert capsys.readouterr().err.startswith(f"mask-deploy: {tmp_path / 'none.json'}: model card not found")
+    for argv in (["--help"], ["push", "--help"], ["status", "--help"]):
+        with pytest.raises(SystemExit):
+            main(argv)
+        out = capsys.readouterr().out
+        assert "exit codes:" in out and "2    bad input: a bad config, bad arguments, a model that does not" in out
+        assert "--ssh-config" in out
+
+
+def test_a_push_with_its_options_after_the_sub_command_lands(sshd, pis, variants, capsys):
+    (pi,) = pis("pi-a")
+    new = variants(1)
+    argv = ["push", "--ssh-config", str(sshd[0] / "ssh_config"), "--timeout", "15", "--force", "pi-a", "--model",
+            str(new)]
+    assert main(argv) == 0, capsys.readouterr().out
+    assert pi.sha256 == sha_of(new)
+    assert main(["status", "pi-a", "--ssh-config", str(sshd[0] / "ssh_config")]) == 0
+    assert "running" in capsys.readouterr().out

@@ -28,7 +28,7 @@ from test_deploy import (  # noqa: F401 (fixtures)
     variants,
 )
 
-from deploy import cli
+from deploy import ssh, status
 
 SHIPPED_SHA = sha_of(SHIPPED)
 
@@ -61,7 +61,7 @@ def test_a_host_name_starting_with_a_dash_never_reaches_ssh_as_an_option(sshd, p
     assert "FAILED" in table_row(out, "-oProxyCommand=touch") and "starts with '-'" in out
     assert " ok " in table_row(out, "pi-a") and a.sha256 == sha_of(variants(1))  # the good host is not held back
     # and the destination always follows "--", whatever it looks like
-    base = cli.Host("pi-a").base
+    base = ssh.Host("pi-a").base
     assert base[-2:] == ["--", "pi-a"]
 
 
@@ -82,7 +82,7 @@ def test_agent_x11_and_port_forwarding_are_off_whatever_the_ssh_config_says(sshd
     finally:
         os.kill(pid, signal.SIGTERM)
     # the client's own view of the settings it used, with the operator's hostile config
-    effective = subprocess.run(["ssh", "-G", *cli.SSH_OPTIONS, "-F", str(d / "ssh_config"), "--", "pi-hostile"],
+    effective = subprocess.run(["ssh", "-G", *ssh.SSH_OPTIONS, "-F", str(d / "ssh_config"), "--", "pi-hostile"],
                                capture_output=True, text=True, check=True).stdout.splitlines()
     for setting in ("forwardagent no", "forwardx11 no", "clearallforwardings yes", "stricthostkeychecking true",
                     "batchmode yes"):
@@ -125,7 +125,7 @@ def test_two_pushes_to_one_host_at_once_take_turns_and_say_what_happened(sshd, p
 
 def test_a_push_waits_for_the_lock_and_gives_up_after_lock_wait_changing_nothing(sshd, pis, variants, capsys):
     (pi,) = pis("pi-a")
-    holder = cli.Host("pi-a", sshd[0] / "ssh_config", cli.Timeouts(lock=5))
+    holder = ssh.Host("pi-a", sshd[0] / "ssh_config", ssh.Timeouts(lock=5))
     with holder.locked():  # a rollback or push in progress on the Pi
         started = time.monotonic()
         assert deploy(sshd, "--lock-wait", "1", "push", "pi-a", "--model", str(variants(1))) == 1
@@ -245,13 +245,13 @@ def test_status_after_a_power_cut_says_the_service_is_not_running(sshd, capsys):
 
 def test_liveness_follows_systemd_where_the_pi_runs_it():
     fresh = {"status": {"pid": 1, "running": True}, "age": 1.0, "pid_alive": True}
-    assert cli.judge(fresh) == (True, [])
-    assert cli.judge({**fresh, "systemd": "active"}) == (True, [])
-    assert cli.judge({**fresh, "systemd": "failed"}) == (False, ["systemd says failed"])
-    assert cli.judge({**fresh, "systemd": "activating"}) == (False, ["systemd says activating"])
-    assert cli.judge({**fresh, "age": 26.0}) == (False, ["no status for 26 s"])
-    assert cli.judge({**fresh, "age": 26.0, "status": {"running": True, "status_interval": 60}}) == (True, [])
-    assert cli.judge({"error": "status.json: No such file"}) == (False, ["status.json: No such file"])
+    assert status.judge(fresh) == (True, [])
+    assert status.judge({**fresh, "systemd": "active"}) == (True, [])
+    assert status.judge({**fresh, "systemd": "failed"}) == (False, ["systemd says failed"])
+    assert status.judge({**fresh, "systemd": "activating"}) == (False, ["systemd says activating"])
+    assert status.judge({**fresh, "age": 26.0}) == (False, ["no status for 26 s"])
+    assert status.judge({**fresh, "age": 26.0, "status": {"running": True, "status_interval": 60}}) == (True, [])
+    assert status.judge({"error": "status.json: No such file"}) == (False, ["status.json: No such file"])
 
 
 def _decisions(db: Path) -> list:
@@ -295,14 +295,14 @@ def test_control_characters_from_a_pi_never_reach_the_terminal(sshd, capsys):
 
 def test_one_host_that_raises_does_not_stop_the_others(sshd, pis, variants, monkeypatch, capsys):
     (a,) = pis("pi-a")
-    real = cli.Host.run
+    real = ssh.Host.run
 
     def flaky(self, script, **kw):
         if self.name == "pi-b":
             raise RuntimeError("surprise")
         return real(self, script, **kw)
 
-    monkeypatch.setattr(cli.Host, "run", flaky)
+    monkeypatch.setattr(ssh.Host, "run", flaky)
     assert deploy(sshd, "push", "pi-b", "pi-a", "--model", str(variants(1))) == 1
     out = capsys.readouterr().out
     assert "unexpected error: RuntimeError('surprise')" in table_row(out, "pi-b")
@@ -313,18 +313,18 @@ def test_the_lock_is_released_when_the_client_dies(sshd, pis):
     (pi,) = pis("pi-a")
     cfg = str(sshd[0] / "ssh_config")
     # a client holding the lock, killed: ssh closes the channel and the Pi's flock ends with it
-    script = ("import sys; from pathlib import Path; from deploy.cli import Host; "
+    script = ("import sys; from pathlib import Path; from deploy.ssh import Host; "
               f"h = Host('pi-a', Path({cfg!r}))\n"
               "with h.locked():\n    print('held', flush=True); sys.stdin.read()")
     holder = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
-    busy = cli.Host("pi-a", Path(cfg), cli.Timeouts(lock=1))
+    busy = ssh.Host("pi-a", Path(cfg), ssh.Timeouts(lock=1))
     with pytest.raises(Exception, match="still holds"), busy.locked():
         pass
     holder.kill()
     holder.wait()
     got = threading.Event()
-    with cli.Host("pi-a", Path(cfg), cli.Timeouts(lock=10)).locked():
+    with ssh.Host("pi-a", Path(cfg), ssh.Timeouts(lock=10)).locked():
         got.set()
     assert got.is_set()

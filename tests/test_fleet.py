@@ -1,8 +1,9 @@
 # ruff: noqa: F811 (the fixtures of test_deploy.py, imported by name, are parameters here)
 """deploy/ansible/site.yml run for real (ansible-playbook from the venv, its push steps) against the real sshd and
 the real services of test_deploy.py: a good push, a model that does not match its card, a model the service
-refuses, --check, a new host key under an accept-new ssh config, a status that cannot be read yet, and a Pi whose
-models folder another push holds (issue #13, item 9)."""
+refuses, --check, a new host key under an accept-new ssh config, a status that cannot be read yet, a Pi whose
+models folder another push holds (issue #13, item 9), and the gate: a model without a passing gate is refused
+unless forced, and a forced push says so and is recorded on the Pi as mask-deploy records it (issue #15)."""
 
 from __future__ import annotations
 
@@ -10,12 +11,15 @@ import getpass
 import json
 import os
 import shutil
+import socket
+import sqlite3
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
+import pytest
 from conftest import REPO, SHIPPED
 from test_deploy import (  # noqa: F401 (fixtures)
     deploy,
@@ -26,6 +30,7 @@ from test_deploy import (  # noqa: F401 (fixtures)
     variants,
 )
 from test_deploy_safety import _unloadable, models_of
+from test_pull import ungated
 
 from deploy import cli
 
@@ -64,7 +69,10 @@ def test_a_fleet_push_lands_on_every_pi_and_keeps_the_previous(sshd, pis, varian
         assert pi.sha256 == sha_of(variants(5))
         assert models_of(pi.state) == {"mask_classifier.tflite": sha_of(variants(5)),
                                        "mask_classifier.previous.tflite": SHIPPED_SHA}
+        # a gated model's card arrives as it is: no forced-push mark
+        assert (pi.state / "models/mask_classifier.json").read_bytes() == variants(5).with_suffix(".json").read_bytes()
         no_leftovers(pi.state)
+    assert "FORCED" not in run.stdout
 
 
 def _live_v1_previous_shipped(sshd, pi, variants) -> None:
@@ -93,7 +101,7 @@ def test_a_model_that_does_not_match_its_card_leaves_a_healthy_pi_as_it_was(sshd
 def test_a_model_the_service_refuses_is_put_back_and_the_rollback_target_kept(sshd, pis, variants, tmp_path):
     (pi,) = pis("pi-a")
     _live_v1_previous_shipped(sshd, pi, variants)
-    run = playbook(sshd, tmp_path, ["pi-a"], _unloadable(tmp_path), "-e", "confirm_timeout=3")
+    run = playbook(sshd, tmp_path, ["pi-a"], _unloadable(tmp_path), "-e", "confirm_timeout=3", "-e", "force=true")
     assert models_of(pi.state) == {"mask_classifier.tflite": sha_of(variants(1)),
                                    "mask_classifier.previous.tflite": SHIPPED_SHA}
     assert pi.sha256 == sha_of(variants(1))
@@ -152,4 +160,60 @@ def test_the_playbook_waits_for_a_push_that_holds_the_models_folder(sshd, pis, v
     assert run.returncode == 2, run.stdout
     assert "still holds" in run.stdout and "nothing was changed" in run.stdout
     assert models_of(pi.state) == {"mask_classifier.tflite": SHIPPED_SHA}
+    no_leftovers(pi.state)
+
+
+def test_a_model_without_a_passing_gate_is_refused_before_anything_changes(sshd, pis, variants, tmp_path):
+    (pi,) = pis("pi-a")
+    idle = sshd[1]["pi-b"]  # a second Pi in the inventory, with no service: nothing may reach it either
+    idle_before = sorted(map(str, idle.rglob("*")))
+    cases = [(None, "its card has no gate"),
+             ({"passed": False, "reason": "FNR on scenes-ilc 0.031 worse than 0.018"},
+              "its gate did not pass (FNR on scenes-ilc 0.031 worse than 0.018)"),
+             ({"passed": "true"}, "its gate did not pass (no reason given)")]  # only a JSON true passes
+    for n, (gate, why) in enumerate(cases, start=21):
+        model = ungated(variants, n, gate)
+        run = playbook(sshd, tmp_path, ["pi-a", "pi-b"], model, "-e", "batch=2")  # both Pis in one batch
+        assert run.returncode == 2, run.stdout
+        assert f"fatal: [pi-a]: FAILED! => {{\"changed\": false, \"msg\": \"{model.with_suffix('.json')}: {why}; " \
+               "nothing pushed" in run.stdout
+        assert run.stdout.count("fatal:") == 1, run.stdout  # said once for the fleet, not once per Pi
+        assert models_of(pi.state) == {"mask_classifier.tflite": SHIPPED_SHA}
+        assert pi.sha256 == SHIPPED_SHA
+        no_leftovers(pi.state)
+        assert sorted(map(str, idle.rglob("*"))) == idle_before
+
+
+def _model_events(state: Path) -> list[dict]:
+    with sqlite3.connect(f"file:{state / 'events.db'}?mode=ro", uri=True) as db:
+        return [json.loads(d) for (d,) in db.execute("SELECT detail FROM events WHERE kind = 'model' ORDER BY id")]
+
+
+def test_a_forced_push_says_so_and_the_pi_records_it_as_mask_deploy_does(sshd, pis, variants, tmp_path):
+    (pi,) = pis("pi-a")
+    model = ungated(variants, 24)
+    local_card = model.with_suffix(".json").read_bytes()
+    before = time.time()
+    run = playbook(sshd, tmp_path, ["pi-a"], model, "-e", "force=true")
+    assert run.returncode == 0, run.stdout
+    assert f"FORCED: {model} is pushed although its card has no gate" in run.stdout
+    assert pi.sha256 == sha_of(model)
+    assert models_of(pi.state) == {"mask_classifier.tflite": sha_of(model),
+                                   "mask_classifier.previous.tflite": SHIPPED_SHA}
+    card = json.loads((pi.state / "models" / "mask_classifier.json").read_text())
+    push = card.pop("push")
+    # the keys and values mask-deploy push --force writes (deploy/cli.py forced_card), and which tool pushed
+    assert push.pop("time") == pytest.approx((before + time.time()) / 2, abs=(time.time() - before) / 2)
+    assert push == {"forced": True, "reason": "its card has no gate",
+                    "by": f"{getpass.getuser()}@{socket.gethostname()}", "via": "ansible-playbook"}
+    assert card == json.loads(local_card)  # the rest of the card, its sha256 among it, is the model's own
+    assert model.with_suffix(".json").read_bytes() == local_card  # the laptop's card is left as it was
+    deadline = time.monotonic() + 10  # the service's writer thread stores the swap event
+    while not [e for e in _model_events(pi.state) if e.get("what") == "model swapped"]:
+        assert time.monotonic() < deadline, _model_events(pi.state)
+        time.sleep(0.2)
+    swapped = [e for e in _model_events(pi.state) if e.get("what") == "model swapped"]
+    assert [e["sha256"] for e in swapped] == [sha_of(model)]
+    assert swapped[0]["forced_push"]["reason"] == "its card has no gate"
+    assert swapped[0]["forced_push"]["via"] == "ansible-playbook"
     no_leftovers(pi.state)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
 import subprocess
+import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -15,7 +18,10 @@ from conftest import REPO
 # One stub for apt-get, dpkg, dpkg-query, getent, useradd, usermod, userdel, id, systemctl, chown and python3: it
 # logs its arguments and keeps just enough state (installed packages, users, groups, enabled units) for the
 # installer's checks to see its own earlier work. dpkg answers $STUB_ARCH; python3 (and the venv's python, a copy
-# of it) answers numpy's version and file as $STUB_NUMPY (or, for the venv, $STUB_VENV_NUMPY) says.
+# of it) answers numpy's version and file as $STUB_NUMPY (or, for the venv, $STUB_VENV_NUMPY) says, and where the
+# installed package keeps its models. The venv's pip keeps a copy of the tree it was asked to install (state/pip-src,
+# owners and modes as pip found them) and puts its appliance package, links followed, into the venv's
+# site-packages, as the wheel would (test_the_wheel_carries_... builds and installs a real one).
 STUB = r"""#!/usr/bin/env bash
 name=$(basename "$0"); S=$STUB_STATE; echo "$name $*" >> "$S/log"
 case "$name" in
@@ -36,13 +42,19 @@ case "$name" in
       disable) rm -f "$S/enabled-$unit" "$S/active-$unit" ;;
     esac ;;
   dpkg) echo "${STUB_ARCH:-arm64}" ;;
+  pip)  # pip install ... DIR[pi]: keep DIR as pip found it, and put in the venv what a wheel of it holds
+    src=${!#}; src=${src%"[pi]"}; site=$(dirname "$0")/../lib/site-packages
+    rm -rf "$S/pip-src" "$site/appliance"; cp -a "$src" "$S/pip-src"
+    mkdir -p "$site"; cp -RL "$src/appliance" "$site/" ;;
   python3|python)
     if [ "$1" = -m ]; then  # python3 -m venv --system-site-packages DIR
       mkdir -p "${!#}/bin"; for t in python pip; do cp "$0" "${!#}/bin/$t"; done
-    elif [[ $2 == *numpy* ]]; then
+    elif [[ $* == *MODELS_DIR* ]]; then  # the installed package's models
+      echo "$(cd "$(dirname "$0")/.." && pwd)/lib/site-packages/appliance/models"
+    elif [[ $* == *numpy* ]]; then
       apt="2.2.4 /usr/lib/python3/dist-packages/numpy/__init__.py"
       numpy=${STUB_NUMPY:-$apt}; [ "$name" = python ] && numpy=${STUB_VENV_NUMPY:-$numpy}
-      [[ $2 == *__version__* ]] && echo "$numpy" || echo "${numpy#* }"
+      [[ $* == *__version__* ]] && echo "$numpy" || echo "${numpy#* }"
     fi ;;
 esac
 exit 0
@@ -88,6 +100,19 @@ def os_release(root: Path, codename: str) -> None:
                                          f"VERSION_CODENAME={codename}\n")
 
 
+PARTS = ("appliance", "training", "models", "deploy", "systemd", "pyproject.toml", "README.md")
+
+
+def checkout(dst: Path) -> Path:
+    """A copy of this checkout's parts that the installer reads, links kept (appliance/models -> ../models)."""
+    for part in PARTS:
+        if (REPO / part).is_dir():
+            shutil.copytree(REPO / part, dst / part, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(REPO / part, dst / part)
+    return dst
+
+
 def tree(root: Path) -> dict[str, str]:
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(root.rglob("*")) if p.is_file()}
@@ -103,9 +128,13 @@ def test_first_install_puts_everything_in_place(fake):
     assert any(line.startswith("useradd --system --user-group") for line in log)
     assert "usermod -aG mask-appliance pi" in log and "usermod -aG video mask-appliance" in log
     assert any("python3 -m venv --system-site-packages" in line for line in log)
-    pip = [line for line in log if line.startswith("pip install")][0]
-    assert "-c" in pip and pip.endswith("/opt/mask-appliance/src[pi]")
-    assert "/opt/mask-appliance/src/deploy/constraints/trixie.txt" in pip
+    pip = [line for line in log if line.startswith("pip install")][0].split()
+    # not editable: pip builds a wheel from a copy under /opt, which is gone once the package is installed
+    assert "-e" not in pip and "--editable" not in pip
+    stage = Path(pip[-1].removesuffix("[pi]"))
+    assert stage.parent == root / "opt/mask-appliance" and stage.name.startswith("build.") and not stage.exists()
+    assert f"{stage}/deploy/constraints/trixie.txt" in pip
+    assert sorted(p.name for p in (root / "opt/mask-appliance").iterdir()) == [".stamp", "numpy-from-apt.txt", "venv"]
     actions = [line for line in log if line.startswith("systemctl") and "is-" not in line]
     assert actions == ["systemctl daemon-reload", "systemctl enable mask-appliance", "systemctl start mask-appliance"]
     assert (root / "etc/mask-appliance/config.toml").read_text() == (REPO / "deploy/config.pi.toml").read_text()
@@ -113,8 +142,12 @@ def test_first_install_puts_everything_in_place(fake):
         REPO / "systemd/mask-appliance.service").read_bytes()
     models = root / "var/lib/mask-appliance/models"
     assert (models / "mask_classifier.tflite").read_bytes() == (REPO / "models/mask_classifier.tflite").read_bytes()
+    assert (models / "mask_classifier.json").read_bytes() == (REPO / "models/mask_classifier.json").read_bytes()
     assert oct((models).stat().st_mode)[-4:] == "2775"
-    assert (root / "opt/mask-appliance/src/appliance/service.py").is_file()
+    assert (root / "opt/mask-appliance/venv/lib/site-packages/appliance/service.py").is_file()
+    # the venv's python asks the installed package, never a checkout in the folder the installer was started from
+    venv = [line for line in log if line.startswith("python ")]
+    assert len(venv) == 4 and all(line.startswith("python -I -c ") for line in venv), venv
 
 
 def test_running_it_again_changes_nothing_and_keeps_an_edited_config(fake):
@@ -133,15 +166,85 @@ def test_running_it_again_changes_nothing_and_keeps_an_edited_config(fake):
 
 def test_new_code_is_reinstalled_and_the_service_restarted(fake, tmp_path):
     root, run = fake
-    src = tmp_path / "checkout"
-    for part in ("appliance", "models", "deploy", "systemd", "pyproject.toml", "README.md"):
-        (shutil.copytree if (REPO / part).is_dir() else shutil.copy)(REPO / part, src / part)
+    src = checkout(tmp_path / "checkout")
     run(src=src)
     (src / "appliance" / "policy.py").write_text((src / "appliance" / "policy.py").read_text() + "\n# changed\n")
     out, log = run(src=src)
     assert any(line.startswith("pip install") for line in log)
     assert "systemctl restart mask-appliance" in log
-    assert (root / "opt/mask-appliance/src/appliance/policy.py").read_text().endswith("# changed\n")
+    site = root / "opt/mask-appliance/venv/lib/site-packages"
+    assert (site / "appliance/policy.py").read_text().endswith("# changed\n")
+
+
+def test_a_failed_pip_install_leaves_no_copy_behind_and_is_retried(fake, tmp_path):
+    root, run = fake
+    run()
+    venv_pip = root / "opt/mask-appliance/venv/bin/pip"
+    working = venv_pip.read_text()
+    venv_pip.write_text("#!/bin/sh\necho 'pip: no network' >&2\nexit 1\n")  # pip fails: the index is unreachable
+    src = checkout(tmp_path / "checkout")
+    (src / "appliance" / "policy.py").write_text((src / "appliance" / "policy.py").read_text() + "\n# changed\n")
+    err, _ = run(src=src, fails=True)
+    assert "pip: no network" in err
+    assert not list((root / "opt/mask-appliance").glob("build.*"))
+    venv_pip.write_text(working)
+    out, log = run(src=src)  # the stamp was not written, so the next run installs the new code
+    assert any(line.startswith("pip install") for line in log) and "systemctl restart mask-appliance" in log
+
+
+def test_an_install_from_a_package_without_its_models_is_refused(fake, tmp_path):
+    root, run = fake
+    src = checkout(tmp_path / "checkout")
+    (src / "appliance/models").unlink()  # a package built without its data (no link to models/)
+    err, _ = run(src=src, fails=True)
+    assert re.fullmatch(r"install: the installed package has no shipped model and asset manifest in \S+/venv/lib/"
+                        r"site-packages/appliance/models \(built without models/\?\)", err.strip()), err
+
+
+def test_an_editable_install_of_an_earlier_version_is_replaced(fake):
+    root, run = fake
+    run()
+    (root / "opt/mask-appliance/.stamp").unlink()
+    old = root / "opt/mask-appliance/src"  # where installs before the wheel kept an editable checkout
+    (old / "appliance").mkdir(parents=True)
+    out, log = run()
+    assert any(line.startswith("pip install") for line in log) and not old.exists()
+
+
+def test_the_wheel_carries_the_shipped_model_and_the_asset_manifest(tmp_path):
+    """A real wheel, built offline from a copy of the checkout (as install.sh builds it) and installed, not editable,
+    into a folder outside the repository: the package finds its own model, card and manifest there."""
+    src = checkout(tmp_path / "src")
+    pip = [sys.executable, "-m", "pip", "-q", "--disable-pip-version-check"]
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist"), str(src)],
+                   check=True, capture_output=True, timeout=300)
+    (wheel,) = (tmp_path / "dist").glob("mask_appliance-*.whl")
+    with zipfile.ZipFile(wheel) as z:
+        names = set(z.namelist())
+        shipped = z.read("appliance/models/mask_classifier.tflite")
+    assert shipped == (REPO / "models/mask_classifier.tflite").read_bytes()
+    assert {"appliance/models/mask_classifier.json", "appliance/models/assets.toml"} <= names
+    assert not [n for n in names if n.startswith("models/")]  # nothing loose at the top of site-packages
+    site = tmp_path / "site"
+    subprocess.run([*pip, "install", "--no-deps", "--no-index", "--target", str(site), str(wheel)], check=True,
+                   capture_output=True, timeout=300)
+    probe = ("import json, appliance, appliance.assets as a; print(json.dumps([appliance.__file__, "
+             "str(appliance.MODELS_DIR), str(a.MANIFEST), str(a.resolve('yunet', download=False))]))")
+    # PYTHONPATH comes before the repository's editable install, as the venv's site-packages does on a Pi
+    proc = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(site)})
+    assert proc.returncode == 0, proc.stderr
+    module, models, manifest, yunet = json.loads(proc.stdout)
+    assert module == str(site / "appliance/__init__.py")
+    assert models == str(site / "appliance/models") and manifest == str(site / "appliance/models/assets.toml")
+    assert yunet.endswith("face-detectors/face_detection_yunet_2026may.onnx")
+
+
+def test_in_a_checkout_the_models_are_the_repositorys_models_folder():
+    import appliance
+
+    assert (REPO / "appliance/models").resolve() == REPO / "models"
+    assert appliance.MODELS_DIR == REPO / "models"
 
 
 def test_uninstall_keeps_config_and_state_unless_purged(fake):
@@ -180,8 +283,6 @@ def test_the_unit_passes_systemd_analyze_verify():
 
 
 def test_the_fleet_playbook_is_valid_ansible():
-    import sys
-
     playbook = Path(sys.executable).parent / "ansible-playbook"
     proc = subprocess.run([str(playbook), "-i", str(REPO / "deploy/ansible/inventory.example.ini"),
                            str(REPO / "deploy/ansible/site.yml"), "--syntax-check"], capture_output=True, text=True)
@@ -195,7 +296,8 @@ def test_each_release_gets_its_own_constraints_and_keeps_apts_numpy(fake, codena
     out, log = run(STUB_NUMPY=f"{numpy} /usr/lib/python3/dist-packages/numpy/__init__.py")
     pip = [line for line in log if line.startswith("pip install")][0].split()
     constraints = [pip[i + 1] for i, arg in enumerate(pip) if arg == "-c"]
-    assert constraints == [f"{root}/opt/mask-appliance/src/deploy/constraints/{codename}.txt",
+    stage = pip[-1].removesuffix("[pi]")
+    assert constraints == [f"{stage}/deploy/constraints/{codename}.txt",
                            f"{root}/opt/mask-appliance/numpy-from-apt.txt"]
     # pip is held to apt's numpy, so with --system-site-packages it installs none of its own
     assert (root / "opt/mask-appliance/numpy-from-apt.txt").read_text() == f"numpy=={numpy}\n"
@@ -250,20 +352,25 @@ def test_a_numpy_that_would_shadow_apts_is_refused(fake, where, expected):
 
 def test_installed_code_is_roots_and_writable_by_nobody_else(fake, tmp_path):
     root, run = fake
-    src = tmp_path / "checkout"
-    for part in ("appliance", "models", "deploy", "systemd", "pyproject.toml", "README.md"):
-        (shutil.copytree if (REPO / part).is_dir() else shutil.copy)(REPO / part, src / part)
+    src = checkout(tmp_path / "checkout")
     for path in [src, *src.rglob("*")]:  # a checkout as careless as they come: group- and world-writable
+        if path.is_symlink():
+            continue
         path.chmod(0o777 if path.is_dir() or os.access(path, os.X_OK) else 0o666)
         if os.geteuid() == 0:
             os.chown(path, 4321, 4321)  # and owned by someone else, as a clone by `pi` is
     run(src=src)
-    installed = [root / "opt/mask-appliance/src", *(root / "opt/mask-appliance/src").rglob("*")]
-    assert len(installed) > 20
-    writable = [str(p) for p in installed if p.stat().st_mode & 0o022]
-    assert writable == []
-    if os.geteuid() == 0:
-        assert {p.stat().st_uid for p in installed} == {0}
+    # what pip built the wheel from (as pip found it), and what it installed
+    built_from = tmp_path / "state/pip-src"
+    site = root / "opt/mask-appliance/venv/lib/site-packages"
+    for folder in (built_from, site):
+        installed = [p for p in [folder, *folder.rglob("*")] if not p.is_symlink()]
+        assert len(installed) > 20
+        writable = [str(p) for p in installed if p.stat().st_mode & 0o022]
+        assert writable == []
+        if os.geteuid() == 0:
+            assert {p.stat().st_uid for p in installed} == {0}
+    assert (site / "appliance/models/mask_classifier.tflite").is_file()
     config = root / "etc/mask-appliance/config.toml"
     assert oct(config.stat().st_mode)[-4:] == "0640"
 

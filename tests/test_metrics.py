@@ -9,7 +9,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from appliance.events import EventLog
-from appliance.metrics import STAGE_BUCKETS, Metrics
+from appliance.metrics import STAGE_BUCKETS, Metrics, is_recovery
+from appliance.vocab import Fault, Kind, Recovery
 
 SHA = "ab" * 32
 
@@ -97,6 +98,47 @@ def test_frames_shed_by_the_writer_are_caught_up_from_status():
     assert scrape(metrics)["mask_appliance_frames_total"][()] == 12
     metrics.on_record({"id": 9, "time": 0, "kind": "fault", "state": None, "detail": {"what": "frames back"}})
     assert scrape(metrics)["mask_appliance_camera_up"][()] == 1
+
+
+def test_recoveries_have_their_own_counter(tmp_path):
+    """Faults count faults only; a recovery counts in recoveries (and frames back puts the camera up), in its new
+    kind and in an older log's form (a fault); a config reload counts with model swaps, in either form."""
+    log = EventLog(tmp_path / "events.db")
+    metrics = Metrics()
+    log.subscribe(metrics)
+    log.record(Kind.FAULT, None, what=Fault.NO_FRAMES, seconds=3.0, door="locked")
+    log.record(Kind.FAULT, None, what=Fault.GUARD_FAILED, reason="RuntimeError()", door="locked")
+    assert log.flush()
+    assert scrape(metrics)["mask_appliance_camera_up"][()] == 0
+    log.record(Kind.RECOVERY, None, what=Recovery.FRAMES_BACK)
+    log.record(Kind.RECOVERY, None, what=Recovery.GUARD_BACK)
+    assert log.flush()
+    m = scrape(metrics)
+    assert m["mask_appliance_camera_up"][()] == 1
+    assert m["mask_appliance_faults_total"] == {(("kind", "no frames"),): 1, (("kind", "camera guard failed"),): 1}
+    assert m["mask_appliance_recoveries_total"] == {(("kind", "frames back"),): 1,
+                                                    (("kind", "camera guard back"),): 1}
+    log.record("fault", None, what="no frames", seconds=3.0, door="locked")
+    log.record("fault", None, what="frames back")  # an older log's way of saying it
+    log.record(Kind.CONFIG, None, what="config reloaded", sha256=SHA, changed=["[policy] unsure"])
+    log.record("model", None, what="config reloaded", sha256=SHA)
+    assert log.flush()
+    m = scrape(metrics)
+    assert m["mask_appliance_camera_up"][()] == 1
+    assert m["mask_appliance_faults_total"][(("kind", "no frames"),)] == 2
+    assert m["mask_appliance_recoveries_total"][(("kind", "frames back"),)] == 2
+    assert m["mask_appliance_model_swaps_total"][()] == 2
+    log.close()
+
+
+def test_is_recovery_reads_both_forms():
+    def rec(kind, what):
+        return {"id": 1, "time": 0.0, "kind": kind, "state": None, "detail": {"what": what}}
+
+    assert is_recovery(rec("recovery", "frames back")) and is_recovery(rec("fault", "camera guard back"))
+    assert is_recovery(rec("recovery", "something new"))  # the kind says it, whatever the what
+    assert not is_recovery(rec("fault", "no frames")) and not is_recovery(rec("decision", "frames back"))
+    assert not is_recovery({"kind": "fault"})
 
 
 def test_registry_is_our_own():

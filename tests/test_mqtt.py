@@ -25,13 +25,16 @@ from paho.mqtt.enums import CallbackAPIVersion
 from appliance import config, mqtt
 from appliance.config import ConfigError
 from appliance.events import EventLog
+from appliance.mqtt_discovery import Topics, discovery, slug
+from appliance.mqtt_events import event_payload
+from appliance.mqtt_state import DoorState
 from appliance.sources import ImageSource
+from appliance.vocab import Decision, Door, Fault, Kind, Recovery
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "deploy" / "monitoring" / "mosquitto"
-pytestmark = pytest.mark.skipif(not Path(MOSQUITTO).exists(), reason="Debian's mosquitto is not installed "
-                                "(scripts/test installs it)")
+NO_BROKER = "Debian's mosquitto is not installed (scripts/test installs it)"
 
 
 def wait_for(predicate, timeout: float = 10.0, what: str = "condition"):
@@ -49,6 +52,8 @@ class Broker:
     loses every retained message (the worst case the appliance must recover from)."""
 
     def __init__(self, folder: Path, users: dict[str, str] | None = None, extra: list[str] = ()):
+        if not Path(MOSQUITTO).exists():
+            pytest.skip(NO_BROKER)  # the payload tests below need no broker and run anyway
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
         with socket.socket() as s:
@@ -187,6 +192,97 @@ def test_the_section_validates_like_every_other(tmp_path):
     assert section({"password_file": str(tmp_path / "pw")}).password_file == tmp_path / "pw"
 
 
+ENTITIES = [("binary_sensor", "unmasked"), ("sensor", "decision"), ("sensor", "door"), ("sensor", "fps"),
+            ("sensor", "model"), ("sensor", "denials"), ("sensor", "allows"), ("binary_sensor", "camera")]
+
+
+def test_discovery_payloads_are_plain_data():
+    """Home Assistant discovery as data, no broker: eight entities on one device, JSON exactly as it goes out."""
+    out = discovery("homeassistant", "mask-appliance-door-3", Topics("shop/door-3"), "1.2.3", "cd" * 32)
+    assert sorted(out) == sorted(f"homeassistant/{c}/mask-appliance-door-3/{k}/config" for c, k in ENTITIES)
+    assert json.loads(json.dumps(out)) == out
+    by_key = {t.split("/")[3]: c for t, c in out.items()}
+    assert by_key["unmasked"]["value_template"] == "{{ 'ON' if value_json.decision == 'deny' else 'OFF' }}"
+    # The vocabulary's members went in as plain strings, in the order Home Assistant shows them.
+    assert json.dumps(by_key["decision"]["options"]) == '["idle", "allow", "deny"]'
+    assert json.dumps(by_key["door"]["options"]) == '["locked", "released"]'
+    assert all(type(o) is str for c in out.values() for o in c.get("options", []))
+    assert {(c["state_topic"], c["availability_topic"]) for c in out.values()} == {
+        ("shop/door-3/state", "shop/door-3/availability")}
+    assert {c["device"]["sw_version"] for c in out.values()} == {"1.2.3 (model cdcdcdcdcdcd)"}
+    assert {c["unique_id"] for c in out.values()} == {f"mask-appliance-door-3_{k}" for _, k in ENTITIES}
+    unknown = discovery("ha", "n", Topics("p"), "1", None)
+    assert unknown["ha/sensor/n/fps/config"]["device"]["sw_version"] == "1 (model unknown)"
+    assert slug("mask-appliance-door 3.lan") == "mask-appliance-door_3_lan" and slug("...") == "appliance"
+
+
+def test_the_state_payload_follows_records_and_status():
+    """The retained state as data: the log's totals at start, then each new decision; the door from decisions,
+    faults and statuses; a recovery names no door (the next frame's decision does)."""
+    state = DoorState({"allow": 4, "deny": 7, "idle": 9}, base_id=20)
+    first = state.payload()
+    assert (first["decision"], first["door"], first["allows"], first["denials"], first["camera_up"]) == (
+        "idle", None, 4, 7, True)
+    state.changed = False
+    # id 20 is in the log's totals already: it moves the door, not the count
+    state.on_record({"id": 20, "kind": "decision", "state": "deny",
+                     "detail": {"door": "locked", "masked": 0, "unmasked": 1, "incorrect": 1}})
+    p = state.payload()
+    assert state.changed and (p["decision"], p["door"], p["denials"], p["unmasked"]) == ("deny", "locked", 7, 2)
+    state.on_record({"id": 21, "kind": Kind.DECISION, "state": Decision.ALLOW,
+                     "detail": {"door": Door.RELEASED, "masked": 2, "unmasked": 0, "incorrect": 0}})
+    p = state.payload()
+    assert (p["decision"], p["door"], p["allows"], p["masked"], p["unmasked"]) == ("allow", "released", 5, 2, 0)
+    state.on_record({"id": 22, "kind": Kind.FAULT, "state": None, "detail": {"what": Fault.NO_FRAMES,
+                                                                              "door": Door.LOCKED}})
+    assert state.payload()["door"] == "locked"
+    state.on_record({"id": 23, "kind": Kind.RECOVERY, "state": None, "detail": {"what": Recovery.FRAMES_BACK}})
+    assert state.payload()["door"] == "locked"
+    state.on_status({**STATUS, "door": "released", "decision": "idle", "camera_lost": True, "fps": 9.5})
+    p = state.payload()
+    assert (p["door"], p["decision"], p["camera_up"], p["fps"], p["frames"]) == ("released", "idle", False, 9.5, 10)
+    assert json.loads(json.dumps(p)) == p and abs(p["time"] - time.time()) < 5
+
+
+def test_event_kinds_and_the_event_payload():
+    assert set(mqtt.EVENT_KINDS) == {"decision", "fault", "recovery", "model", "config"}  # never start or stop
+    record = {"id": 7, "time": 1.5, "kind": Kind.RECOVERY, "state": None, "detail": {"what": Recovery.FRAMES_BACK}}
+    assert json.dumps(event_payload(record)) == ('{"id": 7, "time": 1.5, "kind": "recovery", "state": null, '
+                                                 '"detail": {"what": "frames back"}}')
+
+
+def test_recoveries_and_config_reloads_are_events(broker, tmp_path):
+    """The new kinds go out as events in the log's order; an older service's forms (a recovery recorded as a
+    fault, a reload as a model event) go as the log keeps them; a stop is no event."""
+    sub = Subscriber(broker.port)
+    out, log = make(broker.port, tmp_path)
+    record = feed(log, [out])
+    try:
+        log.status(STATUS)
+        wait_for(lambda: sub.on("mask-appliance/door-1/state"), what="the first state")
+        record(Kind.FAULT, None, what=Fault.NO_FRAMES, seconds=3.0, door=Door.LOCKED)
+        record(Kind.RECOVERY, None, what=Recovery.FRAMES_BACK)
+        record(Kind.FAULT, None, what=Fault.GUARD_FAILED, reason="RuntimeError()", door=Door.LOCKED)
+        record(Kind.RECOVERY, None, what=Recovery.GUARD_BACK)
+        record(Kind.CONFIG, None, what="config reloaded", sha256="cd" * 32, changed=["[policy] unsure"])
+        record(Kind.STOP, None, frames=10, door=Door.RELEASED)
+        record("fault", None, what="frames back")
+        record("model", None, what="config reloaded", sha256="cd" * 32)
+        wait_for(lambda: len(sub.events()) >= 7, what="seven events")
+        time.sleep(0.5)  # nothing more may come
+        events = sub.events()
+        assert [e["id"] for e in events] == event_ids(log.path)
+        assert [(e["kind"], e["detail"]["what"]) for e in events] == [
+            ("fault", "no frames"), ("recovery", "frames back"), ("fault", "camera guard failed"),
+            ("recovery", "camera guard back"), ("config", "config reloaded"), ("fault", "frames back"),
+            ("model", "config reloaded")]
+        assert events[4]["detail"]["changed"] == ["[policy] unsure"]
+    finally:
+        out.close()
+        log.close()
+        sub.close()
+
+
 def test_discovery_availability_state_and_one_event_per_decision(broker, tmp_path):
     sub = Subscriber(broker.port)
     out, log = make(broker.port, tmp_path)
@@ -302,7 +398,7 @@ def test_broker_killed_and_back_no_gap(broker, tmp_path):
         broker.kill()
         sub.close()
         # The broker is gone: decisions go on, each recorded at once (feed() asserts < 20 ms per on_record).
-        wait_for(lambda: not out._connected.is_set(), what="the loss to be seen")
+        wait_for(lambda: not out.connected, what="the loss to be seen")
         started = time.perf_counter()
         for i in range(20):
             record("decision", "deny" if i % 2 else "allow", masked=1, unmasked=0, incorrect=0, door="released")
@@ -478,7 +574,7 @@ def test_wrong_password_is_a_logged_fault_not_a_crash(tmp_path, caplog):
         assert any("refused" in r.getMessage() for r in caplog.records)
         # The right password connects (anonymous clients are refused by this broker, so the output itself tells).
         out, log = make(b.port, tmp_path / "right", username="door", password_file=tmp_path / "pw-right")
-        wait_for(out._connected.is_set, what="login with the right password")
+        wait_for(lambda: out.connected, what="login with the right password")
         out.close()
         log.close()
     finally:

@@ -30,7 +30,7 @@ from appliance import config
 from appliance.classifier import crop_faces, load_model
 from appliance.collect import CollectConfig, Collector
 from appliance.events import EventLog
-from deploy import cli
+from deploy import cli, pull, push
 
 
 def collect_on(state: Path, n: int, group: str | None = None) -> dict[str, bytes]:
@@ -106,8 +106,8 @@ def test_an_interrupted_pull_loses_nothing_and_resumes(sshd, tmp_path, monkeypat
     state = sshd[1]["pi-a"]
     crops = collect_on(state, 8)
     dest = tmp_path / "door-crops"
-    monkeypatch.setattr(cli, "PULL_BATCH", 3)
-    store, calls = cli._Local.store, []
+    monkeypatch.setattr(pull, "PULL_BATCH", 3)
+    store, calls = pull._Local.store, []
 
     def power_cut_at_the_fifth(self, crop, data):
         calls.append(crop["file"])
@@ -115,14 +115,14 @@ def test_an_interrupted_pull_loses_nothing_and_resumes(sshd, tmp_path, monkeypat
             raise OSError(5, "Input/output error (the laptop lost power)")
         store(self, crop, data)
 
-    monkeypatch.setattr(cli._Local, "store", power_cut_at_the_fifth)
+    monkeypatch.setattr(pull._Local, "store", power_cut_at_the_fifth)
     assert deploy(sshd, "pull", "pi-a", "--to", str(dest)) == 1
     assert "the laptop lost power" in capsys.readouterr().out
     here, there = pulled(dest, "pi-a"), on_pi(state)
     assert len(here) == 4 and len(there) == 5  # the first batch of 3 deleted there; the 4th copied, not yet deleted
     assert set(here) | there == set(crops)  # every crop is somewhere
     assert all(crops[name] == data for name, data in here.items())
-    monkeypatch.setattr(cli._Local, "store", store)
+    monkeypatch.setattr(pull._Local, "store", store)
     assert deploy(sshd, "pull", "pi-a", "--to", str(dest)) == 0
     out = capsys.readouterr().out
     assert "4 new crops" in out and "1 were here already" in out and "5 deleted on the Pi" in out
@@ -135,18 +135,18 @@ def test_a_copy_corrupted_on_the_way_stays_on_the_pi(sshd, tmp_path, monkeypatch
     state = sshd[1]["pi-a"]
     crops = collect_on(state, 4)
     victim = sorted(crops)[1]
-    frames = cli._frames
+    frames = pull._frames
 
     def flip_a_bit(data):
         for name, body in frames(data):
             yield name, (bytes([body[0] ^ 1]) + body[1:]) if name == victim and body else body
 
-    monkeypatch.setattr(cli, "_frames", flip_a_bit)
+    monkeypatch.setattr(pull, "_frames", flip_a_bit)
     dest = tmp_path / "door-crops"
     assert deploy(sshd, "pull", "pi-a", "--to", str(dest)) == 1
     assert "1 arrived corrupted and stay on the Pi" in capsys.readouterr().out
     assert on_pi(state) == {victim} and set(pulled(dest, "pi-a")) == set(crops) - {victim}
-    monkeypatch.setattr(cli, "_frames", frames)
+    monkeypatch.setattr(pull, "_frames", frames)
     assert deploy(sshd, "pull", "pi-a", "--to", str(dest)) == 0
     assert pulled(dest, "pi-a") == crops and on_pi(state) == set()
 
@@ -237,8 +237,8 @@ def test_a_gated_model_is_pushed_without_force_and_its_card_is_unchanged(sshd, p
 
 
 def test_gate_problem_reads_only_a_true_passed():
-    assert cli.gate_problem({"gate": {"passed": True}}) is None
-    assert cli.gate_problem({"gate": {"passed": "true"}}) == "its gate did not pass (no reason given)"
-    assert cli.gate_problem({"gate": None}) == "its card has no gate"
-    assert cli.gate_problem([]) == "its card has no gate"
-    assert cli.gate_problem(json.loads(SHIPPED.with_suffix(".json").read_text())) == "its card has no gate"
+    assert push.gate_problem({"gate": {"passed": True}}) is None
+    assert push.gate_problem({"gate": {"passed": "true"}}) == "its gate did not pass (no reason given)"
+    assert push.gate_problem({"gate": None}) == "its card has no gate"
+    assert push.gate_problem([]) == "its card has no gate"
+    assert push.gate_problem(json.loads(SHIPPED.with_suffix(".json").read_text())) == "its card has no gate"

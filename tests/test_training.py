@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -156,3 +157,154 @@ def test_export_re_exports_a_trained_float_model_without_training(trained, small
     assert card.metrics["parity"]["agreement"] >= 0.99
     MaskClassifier(tmp_path / "mask_classifier.tflite")  # loads
     assert main(["export", "--keras", str(tmp_path / "none.keras"), str(small_crops), "--out", str(tmp_path)]) == 1
+
+
+# -- fine-tuning from the door's model (mask-train train --init, issue #15) ---------------------------------------
+
+@pytest.fixture(scope="module")
+def door_labels(tmp_path_factory) -> Path:
+    """60 real labelled faces as a pulled door folder, labelled through the labelling page's session."""
+    from test_label import make_door
+
+    from training import label
+
+    root = tmp_path_factory.mktemp("door") / "door"
+    truth = make_door(root, 60)
+    session = label.Session(root)
+    for path, lab in truth.items():
+        session.decide(path, lab)
+    return root / label.LABELS_FILE
+
+
+@pytest.fixture(scope="module")
+def fine_tuned(small_crops, door_labels, tmp_path_factory):
+    """Two epochs of the head from the shipped int8 model (no Keras file of it exists), the door weighted 4."""
+    from conftest import SHIPPED, WEIGHTS_100
+
+    from training.train import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("fine")
+    # a handful of validation crops: one disagreement is 3.6%, so this smoke run lowers the int8 parity gate
+    summary = train(TrainConfig(data=[small_crops, door_labels], out=out, init=SHIPPED, base_weights=str(WEIGHTS_100),
+                                epochs=2, learning_rate=1e-4, calibration_samples=32, min_agreement=0.9,
+                                weights={"door": 4.0}))
+    return out, summary
+
+
+def test_the_door_model_is_recovered_from_its_int8_weights(small_crops, tmp_path):
+    import shutil
+
+    from conftest import SHIPPED, WEIGHTS_100
+
+    from training.export import RecoveryError, keras_from_tflite, not_masked
+
+    model = keras_from_tflite(SHIPPED, str(WEIGHTS_100))
+    crops = load_crops(small_crops, 128)
+    door = MaskClassifier(SHIPPED)
+    p_float = not_masked(model.predict(crops.images.astype(np.float32), verbose=0))
+    p_door = door.predict(crops.images)
+    # the float network reproduces the int8 model as closely as the float model it was exported from did
+    assert np.abs(p_float - p_door).mean() < 0.02
+    assert ((p_float >= door.threshold) == (p_door >= door.threshold)).mean() >= 0.97
+    assert model.output_shape[-1] == 3 and model.input_shape[1] == 128
+    changed = tmp_path / "mask_classifier.tflite"
+    changed.write_bytes(SHIPPED.read_bytes() + b"\0")
+    shutil.copy(SHIPPED.with_suffix(".json"), changed.with_suffix(".json"))
+    with pytest.raises(RecoveryError, match="mask_classifier.tflite: its sha256 is not its card's"):
+        keras_from_tflite(changed, str(WEIGHTS_100))
+
+
+def test_fine_tuning_from_the_door_model_learns_the_door_and_the_card_says_how(fine_tuned, door_labels):
+    from conftest import SHIPPED
+
+    from training.data import load_scene_crops
+    from training.splits import split_scenes
+
+    out, summary = fine_tuned
+    card = load_card(out / "mask_classifier.json")
+    shipped = load_card(SHIPPED.with_suffix(".json"))
+    t = card.training
+    assert t["base"] == f"fine-tuned from {SHIPPED}" and t["init"]["from"] == str(SHIPPED)
+    assert t["init"]["sha256"] == shipped.sha256
+    assert t["init"]["weights"].startswith("recovered from the int8 model")
+    assert t["init"]["agreement"] >= 0.97 and t["init"]["checked_on"] == 28  # 16 crops + 12 door faces held back
+    assert card.labels == LABELS and card.input_size == 128  # the door's 3 classes, though no incorrect mask here
+    assert card.crop == shipped.crop and t["epochs_run"] == [2]
+    assert [s["kind"] for s in t["sources"]] == ["crops", "door"]
+    assert t["source_weights"] == {small_name(t): 1.0, "door": 4.0} and t["sources"][1]["weight"] == 4.0
+    assert t["keras"] == {"file": "model.keras", "sha256": sha256_of(out / "model.keras")}
+    assert card.sha256 != shipped.sha256
+    # it learnt the door: on the door's training crops its p moves toward the labels, away from the door model's
+    train_photos, _ = split_scenes(door_labels)
+    door = load_scene_crops(door_labels, train_photos, 128, card.crop)
+    truth = (door.labels != LABELS.index("with_mask")).astype(float)
+    before = np.abs(MaskClassifier(SHIPPED).predict(door.images) - truth).mean()
+    after = np.abs(MaskClassifier(out / "mask_classifier.tflite").predict(door.images) - truth).mean()
+    assert after < before
+
+
+def small_name(training: dict) -> str:
+    return training["sources"][0]["name"]
+
+
+def test_init_from_a_model_this_kit_trained_takes_its_keras_checkpoint(fine_tuned, tmp_path):
+    import shutil
+
+    from training.train import TrainConfig, start_from
+
+    out, _ = fine_tuned
+    init = start_from(TrainConfig(data=[], out=tmp_path, init=out / "mask_classifier.tflite"))
+    assert init.info["weights"] == f"its Keras checkpoint model.keras (sha256 {sha256_of(out / 'model.keras')})"
+    assert init.fixes == {"crop_margin": 0.15, "input_size": 128, "classes": 3}
+    # a checkpoint that is not the one the card names is not used: the int8 weights are recovered instead
+    moved = tmp_path / "m"
+    moved.mkdir()
+    for name in ("mask_classifier.tflite", "mask_classifier.json"):
+        shutil.copy(out / name, moved / name)
+    (moved / "model.keras").write_bytes(b"another run's checkpoint")
+    from conftest import WEIGHTS_100
+
+    init = start_from(TrainConfig(data=[], out=tmp_path, init=moved / "mask_classifier.tflite",
+                                  base_weights=str(WEIGHTS_100)))
+    assert init.info["weights"].startswith("recovered from the int8 model")
+
+
+def test_a_door_weighs_a_quarter_of_the_training_unless_told(tmp_path):
+    from training.data import CropSet
+    from training.train import DOOR_SHARE, Source, TrainConfig, source_weights
+
+    def source(name: str, kind: str, n: int) -> Source:
+        crops = CropSet(np.zeros((n, 1, 1, 3), np.uint8), np.zeros(n, np.int64), [f"{i}" for i in range(n)])
+        return Source(name, crops, crops, {"kind": kind})
+
+    cfg = TrainConfig(data=[], out=tmp_path)
+    shared, door = source("mask-crops", "crops", 300), source("shop-1", "door", 20)
+    w = source_weights(cfg, [shared, door])
+    assert DOOR_SHARE == 0.25 and w == {"mask-crops": 1.0, "shop-1": 5.0}  # 20 x 5 = 100 = a quarter of 400
+    assert source_weights(cfg, [shared, source("shop-1", "door", 200)])["shop-1"] == 1.0  # never below 1
+    told = source_weights(TrainConfig(data=[], out=tmp_path, weights={"shop-1": 2, "mask-crops": 0.5}),
+                          [shared, door])
+    assert told == {"mask-crops": 0.5, "shop-1": 2.0}
+    with pytest.raises(DataError, match=r"--weight shop-2=3: no data source is named 'shop-2' \(sources: "
+                                        r"mask-crops, shop-1\)"):
+        source_weights(TrainConfig(data=[], out=tmp_path, weights={"shop-2": 3}), [shared, door])
+    with pytest.raises(DataError, match="--weight shop-1=0: must be above 0"):
+        source_weights(TrainConfig(data=[], out=tmp_path, weights={"shop-1": 0}), [shared, door])
+
+
+def test_init_and_weight_mistakes_are_one_line(tmp_path, small_crops, capsys):
+    from conftest import SHIPPED
+
+    from training.cli import main
+
+    base = ["train", str(small_crops), "--out", str(tmp_path), "--input-size", "32"]
+    assert main([*base, "--init", str(tmp_path / "none.tflite")]) == 1
+    assert capsys.readouterr().err.strip() == f"mask-train: --init {tmp_path / 'none.tflite'}: no such file (give " \
+                                              "the door's .tflite, its card beside it, or a model.keras)"
+    assert main([*base, "--weight", "shop-1"]) == 1
+    assert capsys.readouterr().err.strip() == "mask-train: --weight shop-1: not SOURCE=WEIGHT (e.g. shop-1=5)"
+    assert main([*base, "--init", str(SHIPPED), "--classes", "2"]) == 1
+    assert capsys.readouterr().err.strip().endswith("mask_classifier.tflite: it has 3 classes, not --classes 2")
+    (tmp_path / "notes.txt").write_text("x")
+    assert main([*base, "--init", str(tmp_path / "notes.txt")]) == 1
+    assert capsys.readouterr().err.strip().endswith("notes.txt: not a .tflite or .keras file")

@@ -17,9 +17,11 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from appliance import config, web
+from appliance import config, web, web_http, web_page
 from appliance.config import ConfigError
 from appliance.events import EventLog
+from appliance.vocab import Door, Fault, Kind, Recovery
+from appliance.web_view import StatusView
 
 REPO = Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -110,6 +112,52 @@ def test_routes(served):
     assert get(server, "/%zz?a=%%%")[0] == 404
 
 
+def csp_hash(text: str) -> str:
+    import base64
+    import hashlib
+
+    return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode()).digest()).decode() + "'"
+
+
+def test_the_page_is_package_data_pinned_by_its_csp():
+    """The page is appliance/static/status.html as shipped; the CSP names the hash of its one script and its one
+    style (cut out here by plain string search, not by the server's parser) and nothing else may run."""
+    from importlib import resources
+
+    page = (resources.files("appliance") / "static" / "status.html").read_bytes()
+    served, csp = web_page.load_page()
+    assert page.replace(b"\r\n", b"\n") == served and b'id="door"' in page
+    text = page.decode()
+    script = text[text.rindex("<script>") + len("<script>"):text.rindex("</script>")]
+    style = text[text.rindex("<style>") + len("<style>"):text.rindex("</style>")]
+    assert "fetch('/view.json'" in script and "#door" in style
+    directives = dict(d.strip().split(" ", 1) for d in csp.split(";"))
+    assert directives["script-src"] == csp_hash(script) and directives["style-src"] == csp_hash(style)
+    assert directives["default-src"] == "'none'" and directives["connect-src"] == "'self'"
+
+
+def test_the_camera_flag_follows_faults_and_recoveries():
+    """No frames puts the page's camera down; the "frames back" recovery puts it up, in its new kind and in the
+    older logs' form (a fault); the guard's own recovery and a config reload leave it as it is."""
+    view = StatusView()
+
+    def record(kind, what, **detail):
+        view.on_record({"id": 1, "time": time.time(), "kind": kind, "state": None, "detail": {"what": what, **detail}})
+        return view.view()["camera_up"]
+
+    assert view.view()["camera_up"] is True
+    assert record(Kind.FAULT, Fault.NO_FRAMES, seconds=3.0, door=Door.LOCKED) is False
+    assert view.view()["door"] == "locked"
+    assert record(Kind.RECOVERY, Recovery.GUARD_BACK) is False
+    assert record(Kind.CONFIG, "config reloaded") is False
+    assert record(Kind.RECOVERY, Recovery.FRAMES_BACK) is True
+    assert record("fault", "no frames") is False
+    assert record("fault", "frames back") is True  # an older log's way of saying it
+    assert record(Kind.FAULT, Fault.GUARD_FAILED, door=Door.LOCKED) is True  # the camera still sends frames
+    view.on_status({**STATUS, "camera_lost": True})
+    assert view.view()["camera_up"] is False  # a status says it too
+
+
 def test_token(tmp_path):
     (tmp_path / "token").write_text("s3cret-token\n")
     server = web.from_config(web.HttpConfig(listen="127.0.0.1:0", token_file=tmp_path / "token"))
@@ -125,7 +173,7 @@ def test_token(tmp_path):
 
 def test_bad_and_hostile_clients_stall_nothing(served, monkeypatch):
     log, server = served
-    monkeypatch.setattr(web._Handler, "timeout", 1.0)
+    monkeypatch.setattr(web_http.Handler, "timeout", 1.0)
     addr = server.httpd.server_address[:2]
     # Garbage gets a 400 and no traceback.
     with socket.create_connection(addr, timeout=5) as c:
@@ -218,10 +266,16 @@ def test_page_in_chromium_follows_the_door_without_reload(tmp_path):
             out = REPO / "docs" / "results" / "status-page.png"
             out.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(out), full_page=True)
+            # The camera flag follows a lost camera and its recovery, without a reload.
+            log.record(Kind.FAULT, None, what=Fault.NO_FRAMES, seconds=3.0, door=Door.LOCKED)
+            expect(page.locator("#camera")).to_have_text("NO FRAMES", timeout=5000)
+            log.record(Kind.RECOVERY, None, what=Recovery.FRAMES_BACK)
+            expect(page.locator("#camera")).to_have_text("OK", timeout=5000)
+            assert page.evaluate("window.sameDocument") is True and not errors, errors
             browser.close()
         assert out.stat().st_size > 10_000
         ids = [i for (i,) in sqlite3.connect(db).execute("SELECT id FROM events")]
-        assert len(ids) == 9
+        assert len(ids) == 11
     finally:
         log.close()
         server.close()

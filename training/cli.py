@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from training.train import TrainConfig
+from training.train import DOOR_SHARE, INIT_EPOCHS, INIT_LEARNING_RATE, TrainConfig
 
 
 def _train_parser(sub, export: bool = False) -> None:
@@ -30,12 +30,14 @@ def _train_parser(sub, export: bool = False) -> None:
     p.add_argument("--test-data", type=Path, help="a separate validation folder instead of the 80/20 split")
     p.add_argument("--input-size", type=int, default=d.input_size)
     p.add_argument("--alpha", type=float, default=d.alpha, choices=[0.35, 0.5, 0.75, 1.0, 1.3, 1.4])
-    p.add_argument("--epochs", type=int, default=d.epochs, help="epochs with the base frozen (early stopping)")
+    p.add_argument("--epochs", type=int, help=f"epochs with the base frozen, early stopping (default {d.epochs}; "
+                                               f"{INIT_EPOCHS} with --init)")
     p.add_argument("--fine-tune-epochs", type=int, default=d.fine_tune_epochs,
                    help="then epochs with the top of the base unfrozen (0: none)")
     p.add_argument("--fine-tune-layers", type=int, default=d.fine_tune_layers)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--learning-rate", type=float, default=d.learning_rate)
+    p.add_argument("--learning-rate", type=float,
+                   help=f"of the frozen-base epochs (default {d.learning_rate:g}; {INIT_LEARNING_RATE:g} with --init)")
     p.add_argument("--fine-tune-learning-rate", type=float, default=d.fine_tune_learning_rate)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--patience", type=int, default=d.patience)
@@ -54,6 +56,17 @@ def _train_parser(sub, export: bool = False) -> None:
     p.add_argument("--calibration-samples", type=int, default=d.calibration_samples)
     p.add_argument("--io-dtype", choices=["int8", "uint8"], default=d.io_dtype)
     p.add_argument("--float16", action="store_true", help="also write a float16 variant")
+    p.add_argument("--min-agreement", type=float, default=d.min_agreement,
+                   help="the int8 model must decide as the float one on this share of the validation crops (default "
+                        f"{d.min_agreement}; only a smoke run on a handful of crops lowers it; the card records it)")
+    if not export:
+        p.add_argument("--init", type=Path,
+                       help="fine-tune from this model (the door's .tflite with its card, or a model.keras) instead "
+                            "of ImageNet: its Keras checkpoint when its card records one beside it, else its own "
+                            "int8 weights put back into the network")
+    p.add_argument("--weight", dest="weights", action="append", default=[], metavar="SOURCE=W",
+                   help="weight per crop of a data source, by the name the card gives it (a scene set's folder "
+                        f"name, e.g. shop-1=5); default 1, and a door's labels together {DOOR_SHARE:.0%} of all")
 
 
 def _evaluate_parser(sub) -> None:
@@ -69,6 +82,26 @@ def _evaluate_parser(sub) -> None:
                    help="skip classifying the labelled boxes directly")
     p.add_argument("--config", type=Path, help="appliance config TOML for the detector settings")
     p.add_argument("--out", type=Path, help="folder for the JSON results and ROC plot")
+
+
+def _fill_defaults(args: argparse.Namespace) -> None:
+    """Defaults that depend on --init, and --weight NAME=W pairs as a dict."""
+    d = TrainConfig(data=Path("."), out=Path("."))
+    init = getattr(args, "init", None) is not None
+    if args.epochs is None:
+        args.epochs = INIT_EPOCHS if init else d.epochs
+    if args.learning_rate is None:
+        args.learning_rate = INIT_LEARNING_RATE if init else d.learning_rate
+    weights = {}
+    for pair in args.weights:
+        name, sep, value = pair.rpartition("=")
+        try:
+            weights[name] = float(value)
+        except ValueError:
+            name = ""
+        if not sep or not name:
+            raise ValueError(f"--weight {pair}: not SOURCE=WEIGHT (e.g. shop-1=5)")
+    args.weights = weights
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
+        if args.command in ("train", "export"):
+            _fill_defaults(args)
         if args.command == "train":
             from training.train import train
 

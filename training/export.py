@@ -156,3 +156,84 @@ def export(
         card.save(card_path_for(out_path))
         tmp_model.replace(out_path)
     return card, check
+
+
+# -- back: int8 TFLite -> Keras -----------------------------------------------------------------------------------
+WEIGHTED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
+
+
+class RecoveryError(ValueError):
+    """The .tflite is not a model this kit exported, so its weights cannot be put back into the Keras network."""
+
+
+def _dequantized(interp, index: int) -> np.ndarray:
+    detail = next(t for t in interp.get_tensor_details() if t["index"] == index)
+    q = interp.get_tensor(index)
+    scales = detail["quantization_parameters"]["scales"]
+    if not scales.size:  # stored as float already
+        return q.astype(np.float32)
+    zero = detail["quantization_parameters"]["zero_points"]
+    axis = detail["quantization_parameters"]["quantized_dimension"]
+    shape = [1] * q.ndim
+    if scales.size > 1:
+        shape[axis] = scales.size
+    return ((q.astype(np.float32) - zero.reshape(shape).astype(np.float32)) * scales.reshape(shape)).astype(np.float32)
+
+
+def keras_from_tflite(model_path: Path, base_weights: str, alpha: float | None = None):
+    """The Keras network (training.model.build_model) with the weights of an int8 model this kit exported: each
+    convolution and dense layer gets its dequantized int8 kernel and int32 bias. The converter folded every batch
+    norm into the convolution before it, so each batch norm becomes the identity plus that bias. The float model
+    this gives reproduces the int8 model as the float model it was exported from did (within quantization);
+    `mask-train train --init` fine-tunes from it when the model's own Keras checkpoint is not at hand.
+    `base_weights` only lets the network be built (every weight is replaced); `alpha`: default the card's."""
+    import keras
+    import tensorflow as tf
+
+    from appliance.card import load_card
+    from training.model import build_model
+
+    model_path = Path(model_path)
+    card = load_card(card_path_for(model_path))
+    data = model_path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != card.sha256:
+        raise RecoveryError(f"{model_path}: its sha256 is not its card's; refusing to fine-tune from it")
+    alpha = alpha if alpha is not None else float(card.training.get("config", {}).get("alpha", 1.0))
+    model = build_model(card.input_size, alpha, base_weights, len(card.labels))
+    interp = tf.lite.Interpreter(model_content=data)
+    interp.allocate_tensors()
+    ops = [op for op in interp._get_ops_details() if op["op_name"] in WEIGHTED_OPS]
+    base = next(layer for layer in model.layers if isinstance(layer, keras.Model))
+    layers = [(layer, base.layers) for layer in base.layers
+              if isinstance(layer, keras.layers.Conv2D | keras.layers.DepthwiseConv2D)]
+    layers += [(layer, model.layers) for layer in model.layers if isinstance(layer, keras.layers.Dense)]
+    if len(ops) != len(layers):
+        raise RecoveryError(f"{model_path}: {len(ops)} weighted operations, but the network has {len(layers)} "
+                            f"weighted layers (MobileNetV2 alpha {alpha}, {len(card.labels)} classes)")
+    for op, (layer, siblings) in zip(ops, layers, strict=True):
+        kernel = _dequantized(interp, op["inputs"][1])
+        bias = _dequantized(interp, op["inputs"][2]) if len(op["inputs"]) > 2 and op["inputs"][2] >= 0 else None
+        if op["op_name"] == "CONV_2D":
+            kernel = kernel.transpose(1, 2, 3, 0)  # O,h,w,I -> h,w,I,O
+        elif op["op_name"] == "DEPTHWISE_CONV_2D":
+            want = layer.kernel.shape  # h,w,C,M
+            kernel = kernel[0].reshape(want)  # 1,h,w,C*M -> h,w,C,M
+        else:
+            kernel = kernel.T  # O,I -> I,O
+        if tuple(kernel.shape) != tuple(layer.kernel.shape):
+            raise RecoveryError(f"{model_path}: operation {op['index']} ({op['op_name']}) has a {kernel.shape} "
+                                f"kernel where layer {layer.name} wants {tuple(layer.kernel.shape)}")
+        bias = np.zeros(kernel.shape[-1] if op["op_name"] != "DEPTHWISE_CONV_2D" else kernel.shape[2] *
+                        kernel.shape[3], np.float32) if bias is None else bias
+        if isinstance(layer, keras.layers.Dense):
+            layer.set_weights([kernel, bias])
+            continue
+        norm = siblings[siblings.index(layer) + 1]
+        if not isinstance(norm, keras.layers.BatchNormalization) or layer.use_bias:
+            raise RecoveryError(f"{model_path}: layer {layer.name} is not followed by a batch norm")
+        layer.set_weights([kernel])
+        ones = np.ones_like(bias)
+        # y = gamma * (x - mean) / sqrt(var + eps) + beta with mean 0, var 1, gamma sqrt(1 + eps): y = x + beta.
+        norm.set_weights([np.sqrt(ones + norm.epsilon).astype(np.float32), bias.astype(np.float32),
+                          np.zeros_like(bias), ones])
+    return model

@@ -11,7 +11,7 @@ import numpy as np
 
 from appliance.card import LABELS, Crop
 from appliance.classifier import MaskClassifier
-from training import report
+from training import label, report
 from training.augment import batches
 from training.data import (
     CropSet,
@@ -28,6 +28,13 @@ from training.export import export, not_masked
 from training.model import build_model, unfreeze_top
 
 log = logging.getLogger(__name__)
+
+# A door's labelled crops are few beside the shared sources (tens against thousands): unweighted they would not move
+# the model. By default each door's crops together weigh this share of all the training weight (at least 1 each),
+# so the door counts and the shared sources still hold most of it (the gate checks they did not slip).
+DOOR_SHARE = 0.25
+INIT_EPOCHS, INIT_LEARNING_RATE = 3, 1e-4  # --init: a few epochs of the head, gently: minutes on a laptop CPU
+MIN_INIT_AGREEMENT = 0.97  # the float model --init starts from must decide as the door's int8 model on the crops
 
 
 @dataclass
@@ -59,6 +66,10 @@ class TrainConfig:
     # The int8 parity gate. Only smoke runs on a handful of crops lower it (their unsure models put many crops next
     # to the threshold); a model to ship meets the default, and the card records the gate it met.
     min_agreement: float = 0.99
+    # Fine-tuning: the model to start from (the door's .tflite with its card, or a model.keras) instead of ImageNet,
+    # and each source's weight per crop by name (a door's default: DOOR_SHARE of the whole training weight).
+    init: Path | None = None
+    weights: dict[str, float] = field(default_factory=dict)
     sources: list[dict] = field(default_factory=list, repr=False)  # filled in by the run: what each source gave
 
     @property
@@ -107,6 +118,8 @@ def _scene_source(path: Path, cfg: TrainConfig) -> Source:
             "split": f"by photo and near-duplicate group (training.splits), {DEFAULT_VAL_FRACTION:.0%} of photos, "
                      f"seed {DEFAULT_SEED}",
             "crop": asdict(crop)}
+    if (path.parent / label.STATE_FILE).is_file():
+        info["kind"] = "door"  # labels the labelling page wrote: a door's own crops, held-back part for the gate
     return Source(path.parent.name, train_set, val_set, info, train_set.skipped + val_set.skipped)
 
 
@@ -146,37 +159,66 @@ def _strategy():
     return tf.distribute.get_strategy()
 
 
-def _datasets(cfg: TrainConfig, train_x, train_y, val_x, val_y):
+def _datasets(cfg: TrainConfig, train_x, train_y, train_w, val_x, val_y):
+    """Training batches (x, y, weight per crop: its class weight times its source's) and the validation set."""
     import tensorflow as tf
 
     s = cfg.input_size
     epoch = iter(range(10**6))  # a new seed per epoch: each epoch sees new augmentations in a new order
+    index = np.arange(len(train_y))
 
     def generate():
-        yield from batches(train_x, train_y, cfg.batch_size, cfg.seed * 1000 + next(epoch), cfg.augment)
+        # batches() shuffles and augments and passes its labels through: given indices, it tells which crops
+        for x, idx in batches(train_x, index, cfg.batch_size, cfg.seed * 1000 + next(epoch), cfg.augment):
+            yield x, train_y[idx], train_w[idx].astype(np.float32)
 
     n_batches = -(-len(train_y) // cfg.batch_size)
     train = (tf.data.Dataset.from_generator(generate, output_signature=(
-        tf.TensorSpec((None, s, s, 3), tf.float32), tf.TensorSpec((None,), tf.int64)))
+        tf.TensorSpec((None, s, s, 3), tf.float32), tf.TensorSpec((None,), tf.int64),
+        tf.TensorSpec((None,), tf.float32)))
         .apply(tf.data.experimental.assert_cardinality(n_batches))  # Keras then knows an epoch's length
         .prefetch(4))
     val = tf.data.Dataset.from_tensor_slices((tf.cast(val_x, tf.float32), val_y)).batch(64)
     return train, val
 
 
-def _fit(model, cfg: TrainConfig, train, val, epochs: int, lr: float, weights: dict) -> dict:
+def _fit(model, cfg: TrainConfig, train, val, epochs: int, lr: float) -> dict:
     import keras
 
     model.compile(optimizer=keras.optimizers.Adam(lr), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.patience, restore_best_weights=True)
-    history = model.fit(train, validation_data=val, epochs=epochs, class_weight=weights, callbacks=[stop], verbose=2)
+    history = model.fit(train, validation_data=val, epochs=epochs, callbacks=[stop], verbose=2)
     return history.history
+
+
+def source_weights(cfg: TrainConfig, sources: list[Source]) -> dict[str, float]:
+    """Each source's weight per crop: as `cfg.weights` names it, else 1, and for a door's labels DOOR_SHARE of the
+    whole training weight (at least 1 per crop)."""
+    names = [s.name for s in sources]
+    for name, w in cfg.weights.items():
+        if name not in names:
+            raise DataError(f"--weight {name}={w}: no data source is named {name!r} (sources: {', '.join(names)})")
+        if not 0 < w <= 1000:
+            raise DataError(f"--weight {name}={w}: must be above 0 and at most 1000")
+    out = {s.name: float(cfg.weights.get(s.name, 1.0)) for s in sources}
+    doors = [s for s in sources if s.info["kind"] == "door" and s.name not in cfg.weights]
+    fixed = sum(out[s.name] * len(s.train) for s in sources if s not in doors)
+    for door in doors:
+        # door crops x w = share x (fixed + all doors' weight): with one door, w = share / (1 - share) x fixed / n
+        out[door.name] = round(max(1.0, DOOR_SHARE / (1 - DOOR_SHARE) * fixed / (len(doors) * len(door.train))), 3)
+    return out
+
+
+def _sample_weights(sources: list[Source], per_source: dict[str, float], train_y: np.ndarray,
+                    class_w: dict[int, float]) -> np.ndarray:
+    w = np.concatenate([np.full(len(s.train), per_source[s.name]) for s in sources])
+    return w * np.array([class_w[int(y)] for y in train_y])
 
 
 def _threshold_source(sources: list[Source]) -> Source | None:
     """The door threshold is chosen on the first scene source's validation part: real photos, cut as the
     appliance cuts them."""
-    return next((s for s in sources if s.info["kind"] == "scenes"), None)
+    return next((s for kind in ("scenes", "door") for s in sources if s.info["kind"] == kind), None)
 
 
 def _prepare(cfg: TrainConfig):
@@ -188,7 +230,7 @@ def _prepare(cfg: TrainConfig):
     n_classes = cfg.classes or (3 if has_incorrect else 2)
     if n_classes not in (2, 3):
         raise DataError(f"--classes {n_classes}: must be 2 or 3")
-    if n_classes == 3 and not has_incorrect:
+    if n_classes == 3 and not has_incorrect and cfg.init is None:  # a 3-class model to start from keeps its head
         raise DataError("--classes 3: no training source has incorrect_mask faces")
     # Labels the model learns; evaluation always keeps the true three classes, so folding is measured the same way.
     train_y = train_set.labels if n_classes == 3 else fold_incorrect(train_set.labels)
@@ -205,21 +247,107 @@ def train(cfg: TrainConfig) -> dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
 
+    init = None
+    with _strategy().scope():
+        if cfg.init is not None:
+            init = start_from(cfg)
+            cfg = replace(cfg, **init.fixes)
     sources, train_set, val_set, train_y, val_y, n_classes = _prepare(cfg)
     weights = class_weights(train_y, cfg.class_weight_power)
-    log.info("%d training crops, %d validation crops, %d classes, class weights %s", len(train_set), len(val_set),
-             n_classes, weights)
+    per_source = source_weights(cfg, sources)
+    for s in sources:
+        s.info["weight"] = per_source[s.name]
+    log.info("%d training crops, %d validation crops, %d classes, class weights %s, source weights %s",
+             len(train_set), len(val_set), n_classes, weights, per_source)
 
-    with _strategy().scope():
-        model = build_model(cfg.input_size, cfg.alpha, cfg.base_weights, n_classes)
-    train_ds, val_ds = _datasets(cfg, train_set.images, train_y, val_set.images, val_y)
-    histories = [_fit(model, cfg, train_ds, val_ds, cfg.epochs, cfg.learning_rate, weights)]
+    if init is not None:
+        model = init.model
+        init.check(val_set)
+    else:
+        with _strategy().scope():
+            model = build_model(cfg.input_size, cfg.alpha, cfg.base_weights, n_classes)
+    train_ds, val_ds = _datasets(cfg, train_set.images, train_y, _sample_weights(sources, per_source, train_y, weights),
+                                 val_set.images, val_y)
+    histories = [_fit(model, cfg, train_ds, val_ds, cfg.epochs, cfg.learning_rate)]
     if cfg.fine_tune_epochs > 0:
         unfreeze_top(model, cfg.fine_tune_layers)
-        histories.append(_fit(model, cfg, train_ds, val_ds, cfg.fine_tune_epochs, cfg.fine_tune_learning_rate,
-                              weights))
+        histories.append(_fit(model, cfg, train_ds, val_ds, cfg.fine_tune_epochs, cfg.fine_tune_learning_rate))
     model.save(out / "model.keras")
-    return _finish(cfg, model, sources, train_set, val_set, weights, n_classes, histories, started)
+    return _finish(cfg, model, sources, train_set, val_set, weights, n_classes, histories, started,
+                   init=init.info if init else None)
+
+
+@dataclass
+class Init:
+    """The model `--init` starts from: the Keras network, how it was had, and what the run must take from it."""
+
+    model: object
+    info: dict
+    fixes: dict  # TrainConfig fields the model decides (input size, classes, crop margin)
+    door_model: Path | None = None  # the int8 model it stands for, when it came from one
+
+    def check(self, crops: CropSet, limit: int = 500) -> None:
+        """The float model must decide as the door's int8 model does (at its threshold) on real crops."""
+        if self.door_model is None:
+            return
+        door = MaskClassifier(self.door_model)
+        images = crops.images[np.linspace(0, len(crops) - 1, min(limit, len(crops))).astype(int)]
+        p_float = not_masked(self.model.predict(images.astype(np.float32), batch_size=64, verbose=0))
+        p_door = door.predict(images)
+        agreement = float(((p_float >= door.threshold) == (p_door >= door.threshold)).mean())
+        self.info.update(agreement=round(agreement, 4), mean_abs_p_difference=round(float(
+            np.abs(p_float - p_door).mean()), 4), checked_on=len(images))
+        log.info("--init %s: the float model agrees with the int8 model on %.2f%% of %d validation crops",
+                 self.door_model, 100 * agreement, len(images))
+        if agreement < MIN_INIT_AGREEMENT:
+            raise DataError(f"--init {self.door_model}: the float model to start from agrees with it on only "
+                            f"{agreement:.1%} of {len(images)} crops (need {MIN_INIT_AGREEMENT:.0%}); its Keras "
+                            "checkpoint is not this model's")
+
+
+def start_from(cfg: TrainConfig) -> Init:
+    """The model of `--init`: a model.keras, or a .tflite with its card. For a .tflite, the Keras checkpoint its
+    card records (written beside it by `mask-train train`, sha256-checked) when it is there, else the network with
+    the int8 model's own weights put back (training.export.keras_from_tflite)."""
+    import keras
+
+    from appliance.card import card_path_for, load_card
+    from training.export import keras_from_tflite
+
+    path = Path(cfg.init)
+    if not path.is_file():
+        raise FileNotFoundError(f"--init {path}: no such file (give the door's .tflite, its card beside it, or a "
+                                "model.keras)")
+    fixes: dict = {}
+    door_model = None
+    if path.suffix == ".keras":
+        model = keras.models.load_model(path, compile=False)
+        info = {"from": str(path), "sha256": file_hash([path]), "weights": "Keras checkpoint"}
+    elif path.suffix == ".tflite":
+        card = load_card(card_path_for(path))
+        if file_hash([path]) != card.sha256:
+            raise DataError(f"--init {path}: its sha256 is not its card's")
+        if cfg.classes is not None and cfg.classes != len(card.labels):
+            raise DataError(f"--init {path}: it has {len(card.labels)} classes, not --classes {cfg.classes}")
+        door_model = path
+        fixes["crop_margin"] = card.crop.margin
+        kept = card.training.get("keras") or {}
+        checkpoint = path.with_name(str(kept.get("file", ""))) if kept else None
+        info = {"from": str(path), "sha256": card.sha256}
+        if checkpoint and checkpoint.is_file() and file_hash([checkpoint]) == kept.get("sha256"):
+            model = keras.models.load_model(checkpoint, compile=False)
+            info.update(weights=f"its Keras checkpoint {checkpoint.name} (sha256 {kept['sha256']})")
+        else:
+            model = keras_from_tflite(path, cfg.base_weights)
+            info.update(weights="recovered from the int8 model (dequantized kernels and biases, batch norms folded)")
+    else:
+        raise DataError(f"--init {path}: not a .tflite or .keras file")
+    n_out = int(model.output_shape[-1])
+    if cfg.classes is not None and cfg.classes != n_out:
+        raise DataError(f"--init {path}: it has {n_out} classes, not --classes {cfg.classes}")
+    fixes.update(input_size=int(model.input_shape[1]), classes=n_out)
+    log.info("fine-tuning from %s (%s)", path, info["weights"])
+    return Init(model, info, fixes, door_model)
 
 
 def export_trained(cfg: TrainConfig, keras_path: Path) -> dict:
@@ -245,12 +373,15 @@ def export_trained(cfg: TrainConfig, keras_path: Path) -> dict:
 
         histories = json.loads(train_info.read_text()).get("histories", [])
     weights = class_weights(train_y, cfg.class_weight_power)
+    for s in sources:
+        s.info["weight"] = source_weights(cfg, sources)[s.name]
     return _finish(cfg, model, sources, train_set, val_set, weights, n_classes, histories, started,
                    exported_from=str(keras_path))
 
 
 def _finish(cfg: TrainConfig, model, sources: list[Source], train_set: CropSet, val_set: CropSet, weights: dict,
-            n_classes: int, histories: list[dict], started: float, exported_from: str | None = None) -> dict:
+            n_classes: int, histories: list[dict], started: float, exported_from: str | None = None,
+            init: dict | None = None) -> dict:
     out = Path(cfg.out)
     float_probs = model.predict(val_set.images.astype(np.float32), batch_size=64, verbose=0)
     float_p = not_masked(float_probs)
@@ -282,9 +413,14 @@ def _finish(cfg: TrainConfig, model, sources: list[Source], train_set: CropSet, 
         "class_weights": {LABELS[k]: round(v, 4) for k, v in weights.items()},
         "augmentation": "training.augment (geometric, neighbour, erase, colour, low light, blur, down-up, jpeg)"
         if cfg.augment else "none",
-        "base": f"MobileNetV2 alpha {cfg.alpha}, ImageNet ({Path(cfg.base_weights).name})",
+        "base": f"fine-tuned from {init['from']}" if init else
+        f"MobileNetV2 alpha {cfg.alpha}, ImageNet ({Path(cfg.base_weights).name})",
+        "init": init,
+        "source_weights": {s.name: s.info.get("weight", 1.0) for s in sources},
         "epochs_run": [len(h["loss"]) for h in histories],
         "exported_from": exported_from,
+        # The float model the int8 one was made from: `--init` of this model fine-tunes from exactly these weights.
+        "keras": _checkpoint(Path(exported_from) if exported_from else out / "model.keras", out),
         "config": {k: [str(x) for x in v] if isinstance(v, list) else str(v) if isinstance(v, Path) else v
                    for k, v in asdict(cfg).items() if k != "sources"},
     }
@@ -348,3 +484,10 @@ def _finish(cfg: TrainConfig, model, sources: list[Source], train_set: CropSet, 
         print(f"validation part of {name}, int8 model, by threshold:")
         print(report.print_table(table))
     return summary
+
+
+def _checkpoint(keras_path: Path, out: Path) -> dict | None:
+    """{file, sha256} of the Keras checkpoint when it sits in the output folder (a card names files beside it)."""
+    if not keras_path.is_file() or keras_path.resolve().parent != out.resolve():
+        return None
+    return {"file": keras_path.name, "sha256": file_hash([keras_path])}
