@@ -11,7 +11,6 @@ from pathlib import Path
 
 from appliance import cliparse
 from appliance import config as config_mod
-from appliance.checkup import versions  # noqa: F401 (deploy/pi_check.py imports it from here)
 from appliance.cliparse import BAD_INPUT, FAULT, OK, BadInput
 from appliance.vocab import Label
 

@@ -157,8 +157,19 @@ class EventLog:
         level = logging.WARNING if kind == Kind.FAULT else logging.INFO
         log.log(level, "%s%s %s", kind, f" {state}" if state else "", json.dumps(detail, default=str))
         if self.echo and kind == Kind.DECISION:
-            print(json.dumps({"time": round(now, 3), "decision": state, **detail}, default=str), flush=True)
+            self._echo({"time": round(now, 3), "decision": state, **detail})
         self._put("event", (now, kind, state, detail))
+
+    def _echo(self, line: dict[str, Any]) -> None:
+        # `run --print | head -1`: a reader that went away stops the printing, never the door.
+        try:
+            print(json.dumps(line, default=str), flush=True)
+        except BrokenPipeError:
+            from appliance.cliparse import silence_stdout
+
+            self.echo = False
+            silence_stdout()
+            log.warning("stdout was closed: decisions are no longer printed (the event log keeps them)")
 
     def status(self, status: dict[str, Any]) -> None:
         """The service's current status, for status.json and the outputs; a newer one replaces one not yet written."""

@@ -45,15 +45,15 @@ def _files(source: str, limit: int | None) -> list[Path]:
 def run_ours(files: list[Path], threads: int, model_path: Path | None = None) -> dict:
     from appliance import config
     from appliance.classifier import load_model
-    from appliance.detector import make_detector
     from appliance.imaging import read_bgr
-    from appliance.pipeline import label_of
+    from appliance.pipeline import Pipeline, label_of
     from appliance.policy import Policy, Verdict
 
     cfg = config.parse({"classifier": {"model": str(model_path)}} if model_path else {}, "<defaults>")
-    detector = make_detector(cfg.detector)
-    model = load_model(cfg.classifier.model, threads)
-    policy = Policy(cfg.policy)
+    # The appliance's own pipeline, [classifier] threshold included; its stages are timed one by one below.
+    pipeline = Pipeline.from_config(cfg, load_model(cfg.classifier.model, threads))
+    detector, model = pipeline.detector, pipeline.classifier
+    policy = Policy(cfg.policy, pipeline.threshold)
     times: dict[str, list[float]] = {s: [] for s in STAGES}
     faces, detections = 0, {}
     for i, path in enumerate(files):
@@ -68,7 +68,7 @@ def run_ours(files: list[Path], threads: int, model_path: Path | None = None) ->
         p = model.not_masked(probs)
         t3 = time.perf_counter()
         incorrect = model.card.incorrect_index  # the appliance's labels and p_incorrect_mask, as Pipeline gives them
-        policy.update([Verdict(f.box, float(x), label_of(row, model.labels, float(x), model.threshold),
+        policy.update([Verdict(f.box, float(x), label_of(row, model.labels, float(x), pipeline.threshold),
                                None if incorrect is None else float(row[incorrect]))
                        for f, x, row in zip(found, p, probs, strict=True)], i)
         t4 = time.perf_counter()

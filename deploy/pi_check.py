@@ -79,7 +79,7 @@ def pick_images(folder: Path, count: int) -> list[Path]:
 
 def this_machine(work: Path, folder: Path, images: list[Path], env: dict[str, str]) -> Detections:
     """`detect --json` here, with the Pi's config and the shipped model: the answer every board must give."""
-    from appliance.cli import versions  # the x86 side runs the project as installed here
+    from appliance.checkup import versions  # the x86 side runs the project as installed here
 
     config = pi_config(work / "config.toml", folder, REPO / "models/mask_classifier.tflite")
     detect = ["detect", "--json", "--config", str(config), *map(str, images)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 
@@ -123,6 +124,24 @@ def test_output_into_a_closed_pipe_ends_quietly():
     shell = subprocess.run(["bash", "-c", f"set -o pipefail; {sys.executable} -m appliance.cli config | head -1"],
                            capture_output=True, text=True, cwd=REPO, timeout=60)
     assert shell.stdout == "[source]\n" and shell.stderr == "" and shell.returncode in (0, 141)
+
+
+def test_run_print_into_a_closed_pipe_stops_the_printing_not_the_door(tmp_path):
+    image = str(scene_images("without_mask", limit=1)[0])
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "appliance.cli", "run", "--print", "--source", image],
+                              stdout=write, stderr=subprocess.PIPE, text=True, cwd=REPO, timeout=120,
+                              env={**os.environ, "GPIOZERO_PIN_FACTORY": "mock", "STATE_DIRECTORY": str(tmp_path)})
+    finally:
+        os.close(write)
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr and "no longer printed" in proc.stderr
+    db = sqlite3.connect(tmp_path / "events.db")
+    kinds = [k for (k,) in db.execute("SELECT kind FROM events ORDER BY id")]
+    db.close()
+    assert kinds == ["start", "decision", "stop"]  # the deny was logged; no crash fault
 
 
 def test_bad_input_is_exit_2_and_one_line_in_every_sub_command(tmp_path):

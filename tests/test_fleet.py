@@ -32,7 +32,7 @@ from test_deploy import (  # noqa: F401 (fixtures)
 from test_deploy_safety import _unloadable, models_of
 from test_pull import ungated
 
-from deploy import cli
+from deploy import ssh
 
 SHIPPED_SHA = sha_of(SHIPPED)
 PLAYBOOK = REPO / "deploy/ansible/site.yml"
@@ -155,7 +155,7 @@ def test_the_wait_rides_out_a_status_that_cannot_be_read_yet(sshd, pis, variants
 
 def test_the_playbook_waits_for_a_push_that_holds_the_models_folder(sshd, pis, variants, tmp_path):
     (pi,) = pis("pi-a")
-    with cli.Host("pi-a", sshd[0] / "ssh_config", cli.Timeouts(lock=5)).locked():
+    with ssh.Host("pi-a", sshd[0] / "ssh_config", ssh.Timeouts(lock=5)).locked():
         run = playbook(sshd, tmp_path, ["pi-a"], variants(5), "-e", "lock_wait=1")
     assert run.returncode == 2, run.stdout
     assert "still holds" in run.stdout and "nothing was changed" in run.stdout
@@ -202,7 +202,7 @@ def test_a_forced_push_says_so_and_the_pi_records_it_as_mask_deploy_does(sshd, p
                                    "mask_classifier.previous.tflite": SHIPPED_SHA}
     card = json.loads((pi.state / "models" / "mask_classifier.json").read_text())
     push = card.pop("push")
-    # the keys and values mask-deploy push --force writes (deploy/cli.py forced_card), and which tool pushed
+    # the keys and values mask-deploy push --force writes (deploy/push.py forced_card), and which tool pushed
     assert push.pop("time") == pytest.approx((before + time.time()) / 2, abs=(time.time() - before) / 2)
     assert push == {"forced": True, "reason": "its card has no gate",
                     "by": f"{getpass.getuser()}@{socket.gethostname()}", "via": "ansible-playbook"}

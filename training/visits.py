@@ -365,7 +365,6 @@ def _run(args: argparse.Namespace) -> int:
             print("visits: give a labels.csv, or --replay FILE", file=sys.stderr)
             return 2
         from appliance.classifier import load_model
-        from appliance.detector import make_detector
         from appliance.pipeline import Pipeline
         from appliance.sources import Frame
         from training.splits import split_scenes
@@ -380,8 +379,7 @@ def _run(args: argparse.Namespace) -> int:
         if not visits:
             print(f"visits: no face at least {args.end:g} px tall in {args.labels}", file=sys.stderr)
             return 1
-        pipeline = Pipeline(make_detector(cfg.detector), load_model(cfg.classifier.model, args.threads),
-                            cfg.classifier.threshold)
+        pipeline = Pipeline.from_config(cfg, load_model(cfg.classifier.model, args.threads))
         threshold = pipeline.threshold
         r = Render(start=args.start, end=args.end, seconds=args.seconds, fps=args.fps)
         frames = {}
