@@ -35,8 +35,14 @@ class Frame:
 
 
 class FrameSource(Protocol):
-    skipped: int  # frames or files that could not be read
+    """Where frames come from: a camera, a stream, video files or still images."""
+
     clock: str  # what Frame.t means, in words, for the log: the policy's holds and timeouts run on it
+
+    @property
+    def skipped(self) -> int:
+        """Frames or files that could not be read."""
+        ...
 
     def frames(self) -> Iterator[Frame]: ...
 
