@@ -47,9 +47,9 @@ def cmd_detect(args: argparse.Namespace) -> int:
     if not args.json and args.out is None:
         raise BadInput("give --out DIR for annotated images, or --json")
     cfg, _ = _config(args.config)
-    if args.max_side:
-        cfg.detector.max_side = args.max_side
-    pipeline = Pipeline.from_config(cfg)
+    if args.max_side:  # one look at that size
+        cfg.detector.photo_sides = (args.max_side, args.max_side)
+    pipeline = Pipeline.from_config(cfg, photos=True)
     files = [f for spec in args.images for f in image_files(spec)]
     if not files:
         raise BadInput(f"no images found in {' '.join(args.images)}")
@@ -120,7 +120,7 @@ def parser() -> cliparse.Family:
                    help=f"{cliparse.JSON_HELP}: one JSON object per image, one per line")
     p.add_argument("--out", type=Path, help="folder for annotated images")
     p.add_argument("--config", type=Path)
-    p.add_argument("--max-side", type=int, help="override [detector] max_side")
+    p.add_argument("--max-side", type=int, help="one look at this size instead of [detector] photo_sides")
     p.set_defaults(func=cmd_detect)
     p = family.command("check", "report camera, pins, detector and model",
                        "report camera, pins, detector and model, one row each: exit 1 if a probe fails, 2 if the "

@@ -69,8 +69,14 @@ class DetectorConfig:
     kind: Literal["yunet", "ssd"] = opt("yunet", "face detector: yunet (cv2.FaceDetectorYN) or ssd (res10 SSD)")
     score_threshold: float = opt(0.5, "lowest detector score that counts as a face", 0.05, 0.99)
     nms_threshold: float = opt(0.3, "IoU above which overlapping detections are merged", 0.05, 0.95)
-    top_k: int = opt(50, "most faces kept per frame", 1, 5000)
-    max_side: int = opt(480, "frames are shrunk so their longer side is at most this before detection", 64, 4096)
+    top_k: int = opt(50, "most faces kept per frame, the best scored (after overlapping detections are merged)", 1,
+                     5000)
+    max_side: int = opt(480, "frames (camera, video, run on an image folder) are shrunk so their longer side is at "
+                        "most this before detection", 64, 4096)
+    photo_sides: tuple[int, int] = opt((640, 1024), "still photos (mask-appliance detect, scoring on labelled "
+                                       "photos) are detected shrunk to at most the first size and, when larger than "
+                                       "it, again at up to the second, the faces of both looks merged; a second size "
+                                       "not above the first gives one look", 64, 4096)
     min_face: int = opt(24, "smallest face, in frame pixels (shorter side), that is classified", 0, 4096)
     expand_side: float = opt(0.10, "box grown left and right by this share of its width", 0, 1)
     expand_top: float = opt(0.20, "box grown upwards by this share of its height (takes in the forehead)", 0, 1)

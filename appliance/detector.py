@@ -49,27 +49,34 @@ def _expand(box, cfg: DetectorConfig, shape) -> tuple[float, float, float, float
     )
 
 
+# `mask-appliance detect` looks at a still photo twice, shrunk to at most 640 and to at most 1024 px, and merges the
+# faces ([detector] photo_sides). Why two looks: YuNet finds
+# faces best in a band of sizes, so one scale misses some small faces and some large ones. On scenes-ilc's
+# validation part (faces >= 32 px, IoU > 0.3) one look finds 0.924 at 480 px, 0.951 at 640, 0.958 at 1024, and
+# 640 + 1024 together 0.968, gaining at every face size; the share of all unmasked faces stopped rises from 0.943
+# (480) to 0.974 (benchmarks/detector.py). It costs 37 ms of CPU per photo here against 8 at 480, so frames (the
+# door's loop, video, `run` on an image folder) keep one look at max_side.
+def photo_sides(cfg: DetectorConfig) -> tuple[int, ...]:
+    """The sizes a still photo is looked at: one, or two when the second is larger than the first."""
+    first, second = cfg.photo_sides
+    return (first, second) if second > first else (first,)
+
+
 class YuNetDetector:
-    """YuNet at up to `max_side` px; frames larger than that get a second look at up to `second_side` px, and the
-    faces of both looks are merged (non-maximum suppression at `nms_threshold`).
+    """YuNet. A frame is shrunk to at most `max_side` px. With `photos`, a still photo is shrunk to at most the first
+    of `photo_sides`, and a photo larger than that is looked at again shrunk to at most the second; the faces of both
+    looks are merged (non-maximum suppression at `nms_threshold`)."""
 
-    Why two looks: YuNet finds faces best in a band of sizes, so one scale misses some small faces and some large
-    ones. On scenes-ilc's validation part (faces >= 32 px, IoU > 0.3) one look finds 0.924 at 480 px, 0.951 at 640,
-    0.958 at 1024, and 640 + 1024 together 0.968, gaining at every face size (benchmarks/detector.py). A Pi camera's
-    detection stream (512x384) is no larger than max_side, so the frame loop takes one look.
-    """
-
-    def __init__(self, cfg: DetectorConfig):
+    def __init__(self, cfg: DetectorConfig, photos: bool = False):
         self.cfg = cfg
-        # getattr: [detector] second_side is new; until config.py carries it, a config without it takes one look.
-        self.second_side = int(getattr(cfg, "second_side", 0))
+        self.sides = photo_sides(cfg) if photos else (cfg.max_side,)
         # One network per look, each keeping its own input size (setInputSize rebuilds YuNet's anchors).
-        self._looks = [_YuNetLook(cfg) for _ in range(2 if self.second_side > cfg.max_side else 1)]
+        self._looks = [_YuNetLook(cfg) for _ in self.sides]
 
     def detect(self, frame_bgr: np.ndarray) -> list[Face]:
-        rows = self._looks[0].rows(frame_bgr, self.cfg.max_side)
-        if len(self._looks) == 2 and max(frame_bgr.shape[:2]) > self.cfg.max_side:
-            rows = _merge(np.concatenate([rows, self._looks[1].rows(frame_bgr, self.second_side)]), self.cfg)
+        rows = self._looks[0].rows(frame_bgr, self.sides[0])
+        if len(self.sides) == 2 and max(frame_bgr.shape[:2]) > self.sides[0]:  # else the second look is the first
+            rows = _merge(np.concatenate([rows, self._looks[1].rows(frame_bgr, self.sides[1])]), self.cfg)
         faces = []
         for row in rows:
             x, y, w, h = (float(v) for v in row[:4])
@@ -88,10 +95,10 @@ def _merge(rows: np.ndarray, cfg: DetectorConfig) -> np.ndarray:
     return rows[np.ravel(keep).astype(int)]
 
 
-# YuNet's own top_k is not "faces kept": OpenCV passes it to NMSBoxes, which keeps only that many of the highest
-# scoring candidates BEFORE suppression, and every face yields several overlapping candidates. At 50 (the old
-# [detector] top_k) crowd photos lost faces scored 0.8 and more: recall on scenes-ilc's validation part (faces
-# >= 32 px, IoU > 0.3, 480 px) was 0.916, and 0.924 with 5000 candidates (opencv_zoo's YuNet demo's value).
+# YuNet's own top_k is not "faces kept": it is the number of the highest-scoring candidates kept BEFORE suppression
+# (OpenCV's face_detect samples: "Keep top_k bounding boxes before NMS", 5000), and every face yields several
+# overlapping candidates. At 50 (the old [detector] top_k) crowd photos lost faces scored 0.8 and more: recall on
+# scenes-ilc's validation part (faces >= 32 px, IoU > 0.3, 480 px) was 0.916, and 0.924 with 5000 candidates.
 # [detector] top_k is applied to the faces after suppression instead.
 CANDIDATES = 5000
 
@@ -123,9 +130,9 @@ class _YuNetLook:
 
 
 class SSDDetector:
-    """The res10 SSD of the classic tutorials (8-bit TensorFlow weights), at 300x300."""
+    """The res10 SSD of the classic tutorials (8-bit TensorFlow weights), at 300x300, photo or frame alike."""
 
-    def __init__(self, cfg: DetectorConfig):
+    def __init__(self, cfg: DetectorConfig, photos: bool = False):
         self.cfg = cfg
         self._net = cv2.dnn.readNetFromTensorflow(str(resolve("ssd_weights")), str(resolve("ssd_config")))
 
@@ -142,5 +149,7 @@ class SSDDetector:
         return [f for f in faces if f.size >= self.cfg.min_face][: self.cfg.top_k]
 
 
-def make_detector(cfg: DetectorConfig) -> FaceDetector:
-    return {"yunet": YuNetDetector, "ssd": SSDDetector}[cfg.kind](cfg)
+def make_detector(cfg: DetectorConfig, photos: bool = False) -> FaceDetector:
+    """The detector of `cfg`; with `photos`, for still photos (`mask-appliance detect`, evaluation on labelled
+    photos), which may take more looks than a frame of the door's loop ([detector] photo_sides)."""
+    return {"yunet": YuNetDetector, "ssd": SSDDetector}[cfg.kind](cfg, photos)

@@ -47,13 +47,15 @@ class Pipeline:
         self.threshold_override = threshold
 
     @classmethod
-    def from_config(cls, cfg: Config, model: MaskClassifier | None = None) -> Pipeline:
+    def from_config(cls, cfg: Config, model: MaskClassifier | None = None, photos: bool = False) -> Pipeline:
         """The detector of `[detector]`, the classifier of `[classifier]` (or `model`, already loaded: the service's
         model watcher and `mask-train evaluate` load their own) and `[classifier] threshold` (unset: the card's).
+        `photos`: for still photos (`mask-appliance detect`, scoring on labelled photos), whose detector may take a
+        second look ([detector] photo_sides); the door's frame loop, videos and visits leave it off.
 
         Raises what make_detector and load_model raise (a missing asset, a model that fails its card) before
         anything is returned, so a caller never holds half a pipeline."""
-        detector = make_detector(cfg.detector)
+        detector = make_detector(cfg.detector, photos)
         if model is None:
             model = load_model(cfg.classifier.model, cfg.classifier.threads)
         return cls(detector, model, cfg.classifier.threshold)

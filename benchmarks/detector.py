@@ -2,10 +2,12 @@
 scene set.
 
     python benchmarks/detector.py --scenes ../shared/datasets/scenes-ilc/labels.csv --part validation \
-        --set max_side=480 --set max_side=640,second_side=1024 [--model M] [--detector-only] [--json OUT]
+        --set photo_sides=480+480 --set photo_sides=640+1024 [--model M] [--detector-only] [--json OUT]
 
-Each --set is a list of `[detector]` keys (appliance/config.py) applied on top of the defaults. For each, over the
-faces whose shorter side is at least --min-size px (32), it prints:
+Each --set is a list of `[detector]` keys (appliance/config.py) applied on top of the defaults; a pair is written
+`a+b`. The photos are detected as `mask-appliance detect` detects still photos (`photo_sides`: one or two looks,
+appliance/detector.py), the camera frames as the door's loop detects frames (`max_side`). For each setting, over
+the faces whose shorter side is at least --min-size px (32), it prints:
 - detector recall at IoU > 0.5 and > 0.3, overall and by class;
 - with the model (the config's unless --model; none with --detector-only), at IoU > 0.3 and the model's threshold:
   the share of ALL labelled unmasked faces the pipeline stops (a missed face is a face let through: the door's
@@ -13,7 +15,8 @@ faces whose shorter side is at least --min-size px (32), it prints:
 - spare detections per photo (matched to no labelled face at IoU > 0.3; sets label only the prominent faces, so this
   overstates real false alarms) and how many of them the model flags as unmasked;
 - the median detection time per photo, the median classification time per photo, and the median detection time on
-  the photos shrunk to a Pi camera's detection stream (512x384, `[source] lores_size`), on this machine.
+  the photos shrunk to a Pi camera's detection stream (512x384, `[source] lores_size`) and detected as frames, on
+  this machine.
 Choose on the train or validation part of a set you train on, never on scenes-dev.
 """
 
@@ -31,17 +34,23 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 LORES = (512, 384)  # [source] lores_size: what a Pi camera's frame loop detects on
-NEW_KEYS = {"second_side"}  # read by the detector, not yet in appliance/config.py's DetectorConfig
+NEW_KEYS = {"photo_sides"}  # read by the detector, not yet in appliance/config.py's DetectorConfig
 BUCKETS = {0: "all", 32: ">=32px", 64: ">=64px"}  # training.evaluate.SIZE_BUCKETS, by their least size
 
 
 def parse_set(text: str) -> dict:
-    """`key=value,key=value` -> {key: value}, values as int, float or str."""
+    """`key=value,key=value` -> {key: value}, values as int, float or str; `a+b` as a pair of ints."""
     out: dict = {}
     for item in filter(None, text.split(",")):
         key, _, value = item.partition("=")
         if not _:
             raise SystemExit(f"--set {text}: {item!r} is not key=value")
+        if "+" in value:
+            try:
+                out[key.strip()] = tuple(int(v) for v in value.split("+"))
+            except ValueError:
+                raise SystemExit(f"--set {text}: {value!r} is not a pair of whole numbers a+b") from None
+            continue
         for cast in (int, float, str):
             try:
                 out[key.strip()] = cast(value)
@@ -88,7 +97,8 @@ def sweep(labels_csv: Path, part: str, settings: list[dict], min_size: int = 32,
     small = {path: _lores(image) for path, image in images.items()}
     results = []
     for overrides in settings:
-        detector = make_detector(detector_config(overrides))
+        cfg = detector_config(overrides)
+        detector, frame_detector = make_detector(cfg, photos=True), make_detector(cfg)
         threshold = model.threshold if model is not None else 0.5
         detections, times, classify_times, lores_times = {}, [], [], []
         for path, image in images.items():
@@ -97,7 +107,7 @@ def sweep(labels_csv: Path, part: str, settings: list[dict], min_size: int = 32,
             t1 = time.perf_counter()
             p = model.classify(image, [f.box for f in faces]) if model is not None and faces else [0.0] * len(faces)
             t2 = time.perf_counter()
-            detector.detect(small[path])
+            frame_detector.detect(small[path])
             lores_times.append(time.perf_counter() - t2)
             times.append(t1 - t0)
             classify_times.append(t2 - t1)
@@ -135,8 +145,9 @@ def sweep(labels_csv: Path, part: str, settings: list[dict], min_size: int = 32,
 
 
 def time_settings(labels_csv: Path, part: str, settings: list[dict], rounds: int = 3) -> list[dict]:
-    """Detection time per photo and per camera frame for each setting, in alternating rounds so that other work on
-    the machine falls on all settings alike; each keeps the median of its fastest round."""
+    """Detection CPU time (this process's, all its threads) per photo and per camera frame for each setting: CPU
+    time, not wall time, because other work on a shared machine stretches wall time by up to 2x. Settings run in
+    alternating rounds; each keeps the median of its fastest round. With --threads 1 it is also the latency."""
     from appliance.detector import make_detector
     from appliance.imaging import read_bgr
     from training.evaluate import read_scene_labels, scene_part
@@ -144,20 +155,21 @@ def time_settings(labels_csv: Path, part: str, settings: list[dict], rounds: int
     paths = scene_part(read_scene_labels(labels_csv), labels_csv, part)
     images = [image for image in (read_bgr(Path(p)) for p in paths) if image is not None]
     frames = [_lores(image) for image in images]
-    detectors = [make_detector(detector_config(o)) for o in settings]
+    detectors = [(make_detector(detector_config(o), photos=True), make_detector(detector_config(o)))
+                 for o in settings]
     best: list[dict] = [{"set": o, "photo_ms": float("inf"), "lores_ms": float("inf")} for o in settings]
     for _ in range(rounds):
-        for detector, row in zip(detectors, best, strict=True):
-            for key, batch in (("photo_ms", images), ("lores_ms", frames)):
+        for (photo_detector, frame_detector), row in zip(detectors, best, strict=True):
+            for key, detector, batch in (("photo_ms", photo_detector, images), ("lores_ms", frame_detector, frames)):
                 times = []
                 for image in batch:
-                    t0 = time.perf_counter()
+                    t0 = time.process_time()
                     detector.detect(image)
-                    times.append(time.perf_counter() - t0)
+                    times.append(time.process_time() - t0)
                 row[key] = min(row[key], statistics.median(times) * 1000)
     for row in best:
-        print(f"{json.dumps(row['set']):<44} photo {row['photo_ms']:.1f} ms  {LORES[0]}x{LORES[1]} frame "
-              f"{row['lores_ms']:.1f} ms", flush=True)
+        print(f"{json.dumps(row['set']):<44} CPU per photo {row['photo_ms']:.1f} ms, per {LORES[0]}x{LORES[1]} "
+              f"frame {row['lores_ms']:.1f} ms", flush=True)
     return best
 
 

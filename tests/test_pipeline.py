@@ -1,0 +1,66 @@
+"""Pipeline.from_config: one frame -> faces with p(not properly masked), built from a Config alone."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from conftest import SHIPPED, scene_images
+
+from appliance import config as config_mod
+from appliance.classifier import MaskClassifier, ModelError
+from appliance.detector import SSDDetector, YuNetDetector
+from appliance.imaging import read_bgr
+from appliance.pipeline import Pipeline
+from appliance.sources import Frame
+
+
+def _cfg(**sections) -> config_mod.Config:
+    return config_mod.parse({"classifier": {"model": str(SHIPPED)}, **sections}, "<test>")
+
+
+def test_from_config_builds_the_configured_detector_model_and_threshold():
+    pipeline = Pipeline.from_config(_cfg())
+    assert isinstance(pipeline.detector, YuNetDetector)
+    assert pipeline.detector.cfg.max_side == 480
+    assert pipeline.detector.sides == (480,)  # frames: one look at max_side
+    assert Pipeline.from_config(_cfg(), pipeline.classifier, photos=True).detector.sides == (640, 1024)
+    assert pipeline.classifier.path == SHIPPED
+    card = json.loads(SHIPPED.with_suffix(".json").read_text())
+    assert pipeline.threshold == pytest.approx(card["threshold"])  # unset in the config: the card's
+
+    pipeline = Pipeline.from_config(_cfg(detector={"kind": "ssd", "score_threshold": 0.6},
+                                         classifier={"model": str(SHIPPED), "threshold": 0.3, "threads": 1}))
+    assert isinstance(pipeline.detector, SSDDetector)
+    assert pipeline.detector.cfg.score_threshold == 0.6
+    assert pipeline.threshold == 0.3
+
+
+def test_from_config_uses_a_model_already_loaded_instead_of_loading_one(tmp_path):
+    model = MaskClassifier(SHIPPED)
+    # The config names a model that does not exist: given one, from_config never reads the config's.
+    cfg = _cfg()
+    cfg.classifier.model = tmp_path / "absent.tflite"
+    pipeline = Pipeline.from_config(cfg, model)
+    assert pipeline.classifier is model
+
+
+def test_from_config_refuses_a_model_that_fails_its_card(tmp_path):
+    bad = tmp_path / "mask_classifier.tflite"
+    bad.write_bytes(SHIPPED.read_bytes()[:-16] + b"\0" * 16)  # same length, other bytes: the card's sha256 differs
+    shutil.copy(SHIPPED.with_suffix(".json"), bad.with_suffix(".json"))
+    with pytest.raises(ModelError, match="mask_classifier.tflite"):
+        Pipeline.from_config(_cfg(classifier={"model": str(bad)}))
+
+
+def test_a_pipeline_from_config_finds_and_flags_unmasked_faces_on_real_photos():
+    pipeline = Pipeline.from_config(_cfg())
+    for i, path in enumerate(scene_images("without_mask", limit=2)):
+        faces = pipeline.run(Frame(read_bgr(path), 0.0, i))
+        assert faces, path
+        assert any(f.label == "without_mask" and f.p_without_mask >= pipeline.threshold for f in faces), path
+    for i, path in enumerate(scene_images("with_mask", limit=2)):
+        faces = pipeline.run(Frame(read_bgr(path), 0.0, i))
+        assert faces, path
+        assert any(f.label == "with_mask" and f.p_without_mask < pipeline.threshold for f in faces), path
