@@ -124,9 +124,9 @@ class _YuNetLook:
         _, rows = self._net.detect(small)
         if rows is None:
             return np.zeros((0, 15), np.float32)
-        rows = rows[:, :15].copy()
-        rows[:, :14] /= s
-        return rows
+        out = np.asarray(rows[:, :15], dtype=np.float32).copy()
+        out[:, :14] /= s
+        return out
 
 
 class SSDDetector:
@@ -152,4 +152,5 @@ class SSDDetector:
 def make_detector(cfg: DetectorConfig, photos: bool = False) -> FaceDetector:
     """The detector of `cfg`; with `photos`, for still photos (`mask-appliance detect`, evaluation on labelled
     photos), which may take more looks than a frame of the door's loop ([detector] photo_sides)."""
-    return {"yunet": YuNetDetector, "ssd": SSDDetector}[cfg.kind](cfg, photos)
+    kinds: dict[str, type[YuNetDetector] | type[SSDDetector]] = {"yunet": YuNetDetector, "ssd": SSDDetector}
+    return kinds[cfg.kind](cfg, photos)

@@ -92,8 +92,8 @@ def sweep(labels_csv: Path, part: str, settings: list[dict], min_size: int = 32,
     from training.evaluate import LOOSE_IOU, match, read_scene_labels, scene_part, score_scenes
 
     labels = scene_part(read_scene_labels(labels_csv), labels_csv, part)
-    images = {path: read_bgr(Path(path)) for path in labels}
-    images = {path: image for path, image in images.items() if image is not None}
+    read = {path: read_bgr(Path(path)) for path in labels}
+    images = {path: image for path, image in read.items() if image is not None}
     small = {path: _lores(image) for path, image in images.items()}
     results = []
     for overrides in settings:

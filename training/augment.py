@@ -71,9 +71,9 @@ def blur(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     k = int(rng.choice([3, 5, 7]))
     if rng.random() < 0.5:
         return cv2.GaussianBlur(img, (k, k), 0)
-    kernel = np.zeros((k, k), np.float32)
-    kernel[k // 2] = 1.0 / k
-    kernel = cv2.warpAffine(kernel, cv2.getRotationMatrix2D((k / 2 - 0.5, k / 2 - 0.5), rng.uniform(0, 180), 1.0),
+    line = np.zeros((k, k), np.float32)
+    line[k // 2] = 1.0 / k
+    kernel = cv2.warpAffine(line, cv2.getRotationMatrix2D((k / 2 - 0.5, k / 2 - 0.5), rng.uniform(0, 180), 1.0),
                             (k, k))
     return cv2.filter2D(img, -1, kernel / max(kernel.sum(), 1e-6))
 
@@ -89,7 +89,8 @@ def down_up(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def jpeg(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Web and stream compression at quality 15..60."""
     ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(15, 61))])
-    return cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if ok else img
+    decoded = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED) if ok else None
+    return img if decoded is None else decoded
 
 
 def erase(img: np.ndarray, rng: np.random.Generator, tries: int = 30) -> np.ndarray:

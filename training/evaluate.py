@@ -10,9 +10,10 @@ from __future__ import annotations
 import csv
 import logging
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -108,13 +109,13 @@ def _bucket_scores(faces: list[LabelledFace], probs: list[float | None], idx: li
         out[f"recall_{name}"] = (sum(probs[i] is not None for i in of_class) / len(of_class)
                                  if of_class else float("nan"))
         if name != "with_mask":
-            stopped = sum(probs[i] is not None and probs[i] >= threshold for i in of_class)
+            stopped = sum((p_i := probs[i]) is not None and p_i >= threshold for i in of_class)
             out[f"stopped_{name}_of_all"] = stopped / len(of_class) if of_class else float("nan")
     return out
 
 
 def score_scenes(labels: dict[str, list[LabelledFace]], detections: Detections, threshold: float,
-                 skipped: list[str] = (), min_iou: float = MATCH_IOU) -> dict:
+                 skipped: Sequence[str] = (), min_iou: float = MATCH_IOU) -> dict:
     """Recall, accuracy, TNR, FNR, incorrect masks stopped and the share of all unmasked faces stopped, by face
     size, for detections of the labelled images (absent ones skipped), matched at IoU > min_iou; and detector
     recall by face size and class."""
@@ -123,7 +124,7 @@ def score_scenes(labels: dict[str, list[LabelledFace]], detections: Detections, 
     for path, found in detections.items():
         faces.extend(labels[path])
         probs.extend(match(labels[path], found, min_iou))
-    result = {"images": len(detections), "skipped_images": list(skipped), "min_iou": min_iou,
+    result: dict[str, Any] = {"images": len(detections), "skipped_images": list(skipped), "min_iou": min_iou,
               "detections": sum(len(d) for d in detections.values())}
     for name, min_size in SIZE_BUCKETS:
         result[name] = _bucket_scores(faces, probs, [i for i, f in enumerate(faces) if f.size >= min_size],
@@ -146,7 +147,9 @@ def label_crops(labels: dict[str, list[LabelledFace]], classify: Callable[[np.nd
                 with_sizes: bool = False):
     """What `classify` gives for every labelled face, cut straight from its labelled box: (labels, outputs), and
     with `with_sizes` also each face's shorter side."""
-    ys, ps, sizes = [], [], []
+    ys: list[int] = []
+    ps: list[Any] = []
+    sizes: list[float] = []
     for path, truth in labels.items():
         image = read_bgr(Path(path))
         if image is None:
@@ -154,8 +157,8 @@ def label_crops(labels: dict[str, list[LabelledFace]], classify: Callable[[np.nd
         ps.extend(classify(image, [t.box for t in truth]))
         ys.extend(t.label for t in truth)
         sizes.extend(t.size for t in truth)
-    out = (np.array(ys), np.array(ps, dtype=float))
-    return (*out, np.array(sizes, dtype=float)) if with_sizes else out
+    out = (np.array(ys), np.asarray(ps, dtype=np.float64))
+    return (*out, np.asarray(sizes, dtype=np.float64)) if with_sizes else out
 
 
 def scene_part(labels: dict[str, list[LabelledFace]], labels_csv: Path, part: str) -> dict[str, list[LabelledFace]]:
@@ -175,7 +178,7 @@ def labelled_box_scores(model, labels: dict[str, list[LabelledFace]], threshold:
     ys, probs, sizes = label_crops(labels, model.classify_all, with_sizes=True)
     probs = probs.reshape(len(ys), model.n_classes)
     p = model.not_masked(probs)
-    out = {}
+    out: dict[str, Any] = {}
     for name, min_size in SIZE_BUCKETS:
         keep = sizes >= min_size
         m = report.crop_metrics(p[keep], ys[keep], threshold, probs[keep], model.labels)
@@ -239,58 +242,64 @@ def format_recall(result: dict, loose: dict | None = None) -> str:
     return "\n".join(lines)
 
 
-def evaluate_cli(args) -> dict:
+def evaluate(model_path: Path, crops: Path | None = None, scenes: Path | None = None, part: str = "all",
+             threshold: float | None = None, labelled_boxes: bool = True, config: Path | None = None,
+             out: Path | None = None) -> dict:
+    """Score the model at `model_path` on a crop folder and/or a scene set (its `part` of the by-photo split), at
+    `threshold` (unset: `[classifier] threshold` of `config`, else the card's); print the tables, write
+    evaluation.json and roc.png into `out`, and return the results."""
     from appliance import config as config_mod
     from appliance.classifier import load_model
-    from appliance.detector import make_detector
     from appliance.pipeline import Pipeline
     from training.data import load_crops
 
-    if not args.crops and not args.scenes:
+    if not crops and not scenes:
         raise ValueError("give --crops and/or --scenes")
-    model = load_model(args.model, 2)
-    threshold = getattr(args, "threshold", None) or model.threshold
-    results: dict = {"model": str(args.model), "sha256": model.sha256, "labels": list(model.labels),
+    model = load_model(model_path, 2)
+    chosen = threshold
+    threshold = threshold if threshold is not None else model.threshold
+    results: dict = {"model": str(model_path), "sha256": model.sha256, "labels": list(model.labels),
                      "threshold": threshold}
     curves = {}
-    if args.crops:
-        crops = load_crops(args.crops, model.input_size)
-        probs = model.predict_all(crops.images)
+    if crops:
+        crop_set = load_crops(crops, model.input_size)
+        probs = model.predict_all(crop_set.images)
         p = model.not_masked(probs)
-        results["crops"] = {**report.crop_metrics(p, crops.labels, threshold, probs, model.labels),
-                            "skipped": crops.skipped}
-        curves["crops"] = (p, crops.labels)
-        print(f"crops ({len(crops)}, {len(crops.skipped)} skipped): accuracy {results['crops']['accuracy']:.4f} "
+        results["crops"] = {**report.crop_metrics(p, crop_set.labels, threshold, probs, model.labels),
+                            "skipped": crop_set.skipped}
+        curves["crops"] = (p, crop_set.labels)
+        print(f"crops ({len(crop_set)}, {len(crop_set.skipped)} skipped): accuracy {results['crops']['accuracy']:.4f} "
               f"TNR {results['crops']['tnr']:.4f} FNR {results['crops']['fnr']:.4f} "
               f"AUC {results['crops']['roc_auc']:.4f}")
-        print(report.print_table(report.threshold_table(p, crops.labels)))
-    if args.scenes:
-        cfg = config_mod.load(args.config) if args.config else config_mod.parse(
-            {"classifier": {"model": str(args.model)}}, "<defaults>")
-        if getattr(args, "threshold", None) is None and cfg.classifier.threshold is not None:
+        print(report.print_table(report.threshold_table(p, crop_set.labels)))
+    if scenes:
+        cfg = config_mod.load(config) if config else config_mod.parse(
+            {"classifier": {"model": str(model_path)}}, "<defaults>")
+        if chosen is None and cfg.classifier.threshold is not None:
             threshold = results["threshold"] = cfg.classifier.threshold
-        pipeline = Pipeline(make_detector(cfg.detector), model, threshold)
-        part = getattr(args, "part", "all")
-        labels = scene_part(read_scene_labels(args.scenes), args.scenes, part)
+        pipeline = Pipeline.from_config(cfg, model, photos=True)  # what `detect` gives
+        pipeline.threshold_override = threshold
+        labels = scene_part(read_scene_labels(scenes), scenes, part)
         detections, skipped = detect_scenes(labels, appliance_predictor(pipeline))
-        scenes = score_scenes(labels, detections, threshold, skipped)
+        result = score_scenes(labels, detections, threshold, skipped)
         loose = score_scenes(labels, detections, threshold, skipped, min_iou=LOOSE_IOU)
         loose.pop("_matched")
-        y, p = scenes.pop("_matched")
+        y, p = result.pop("_matched")
         curves["scene faces (matched)"] = (np.array(p), np.array(y))
-        scenes["part"] = part
-        scenes["iou_0.3"] = loose
-        scenes["thresholds"] = report.threshold_table(np.array(p), np.array(y))
-        print(f"scenes ({part}): {scenes['images']} images, {len(scenes['skipped_images'])} skipped, "
-              f"detector {cfg.detector.kind} at <= {cfg.detector.max_side} px, threshold {threshold}")
-        print(format_scenes(scenes, loose))
-        print(format_recall(scenes, loose))
+        result["part"] = part
+        result["iou_0.3"] = loose
+        result["thresholds"] = report.threshold_table(np.array(p), np.array(y))
+        print(f"scenes ({part}): {result['images']} images, {len(result['skipped_images'])} skipped, "
+              f"detector {cfg.detector.kind} at <= {'+'.join(map(str, cfg.detector.photo_sides))} px, "
+              f"threshold {threshold}")
+        print(format_scenes(result, loose))
+        print(format_recall(result, loose))
         print("matched scene faces (IoU > 0.5) by threshold:")
-        print(report.print_table(scenes["thresholds"]))
-        if getattr(args, "labelled_boxes", True):
+        print(report.print_table(result["thresholds"]))
+        if labelled_boxes:
             boxes = labelled_box_scores(model, labels, threshold)
             curves["labelled boxes"] = boxes.pop("_curve")
-            scenes["label_crops"] = boxes
+            result["label_crops"] = boxes
             print("labelled boxes classified directly (classifier alone):")
             for name, _ in SIZE_BUCKETS:
                 b = boxes[name]
@@ -299,9 +308,9 @@ def evaluate_cli(args) -> dict:
                       f"FNR {b['fnr']:.3f} incorrect stopped {_f(b['incorrect_stopped']).strip()}  ({per})")
             print("labelled boxes >=32px by threshold:")
             print(report.print_table(boxes[">=32px"]["thresholds"]))
-        results["scenes"] = scenes
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        report.save_json(args.out / "evaluation.json", results)
-        report.plot_roc(curves, args.out / "roc.png")
+        results["scenes"] = result
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+        report.save_json(out / "evaluation.json", results)
+        report.plot_roc(curves, out / "roc.png")
     return results

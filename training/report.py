@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -63,7 +64,7 @@ def crop_metrics(p_not_masked: np.ndarray, labels: np.ndarray, threshold: float,
 
     labels = np.asarray(labels, int)
     truth = (labels != MASKED).astype(int)
-    out = {**rates(p_not_masked, labels, threshold),
+    out: dict[str, Any] = {**rates(p_not_masked, labels, threshold),
            "roc_auc": float(roc_auc_score(truth, p_not_masked)) if 0 < truth.sum() < len(truth) else float("nan")}
     pred = (np.asarray(p_not_masked) >= threshold).astype(int)
     out["confusion_door"] = confusion_matrix(truth, pred, labels=[0, 1]).tolist()

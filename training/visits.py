@@ -25,11 +25,13 @@ from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 
 from appliance.policy import ALLOW, DENY, Policy, Verdict, iou
+from appliance.vocab import Decision
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +72,7 @@ class Outcome:
     denies: int  # decisions that turned to deny
     allow_before_deny: bool
     detected_frames: int
-    decisions: list[tuple[float, str]] = field(default_factory=list)
+    decisions: list[tuple[float, Decision]] = field(default_factory=list)
 
 
 def read_labels(labels_csv: Path) -> dict[str, list[tuple[Box, str]]]:
@@ -164,11 +166,12 @@ def render(visit: Visit, r: Render, cache: dict[str, np.ndarray] | None = None
 
     rng = np.random.default_rng(visit.seed)
     W, H = r.size  # noqa: N806
-    background = tuple(int(v) for v in rng.integers(40, 216, 3))
+    r_, g_, b_ = (int(v) for v in rng.integers(40, 216, 3))
+    background = (r_, g_, b_)
     blur = float(rng.uniform(0.0, 1.2))
     noise = float(rng.uniform(2.0, 7.0))
     quality = int(rng.integers(45, 91))
-    people = []
+    people: list[dict[str, Any]] = []
     for k, face in enumerate(visit.faces):
         image = cache.get(face.image) if cache is not None else None
         if image is None:
@@ -202,11 +205,10 @@ def render(visit: Visit, r: Render, cache: dict[str, np.ndarray] | None = None
             if c > a and d > b:
                 canvas[b:d, a:c] = patch[b - oy:d - oy, a - ox:c - ox]
             boxes.append((ox + x1 * s, oy + y1 * s, ox + x2 * s, oy + y2 * s))
-        if blur > 0.3:
-            canvas = cv2.GaussianBlur(canvas, (0, 0), blur)
-        canvas = np.clip(canvas + rng.normal(0, noise, canvas.shape), 0, 255).astype(np.uint8)
-        ok, jpeg = cv2.imencode(".jpg", canvas, [cv2.IMWRITE_JPEG_QUALITY, quality])
-        yield i / r.fps, cv2.imdecode(jpeg, cv2.IMREAD_COLOR), boxes
+        blurred = cv2.GaussianBlur(canvas, (0, 0), blur) if blur > 0.3 else canvas
+        noisy = np.clip(blurred + rng.normal(0, noise, canvas.shape), 0, 255).astype(np.uint8)
+        ok, jpeg = cv2.imencode(".jpg", noisy, [cv2.IMWRITE_JPEG_QUALITY, quality])
+        yield i / r.fps, np.asarray(cv2.imdecode(jpeg, cv2.IMREAD_COLOR)), boxes
 
 
 FrameFaces = list[list[Verdict]]
