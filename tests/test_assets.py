@@ -6,7 +6,7 @@ import hashlib
 import shutil
 
 import pytest
-from conftest import REPO, SHARED
+from support.data import REPO, SHARED
 
 from appliance.assets import MANIFEST, AssetError, load_manifest, resolve, sha256_of
 

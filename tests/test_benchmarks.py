@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 import numpy as np
-from conftest import REPO, SCENES, SHIPPED
+from support.data import REPO, SCENES, SHIPPED
 
 from appliance.classifier import MaskClassifier
 from training.evaluate import label_crops, read_scene_labels

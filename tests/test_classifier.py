@@ -7,7 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import SHIPPED, scene_images
+from support.data import SCENES, SHIPPED, scene_images
 
 from appliance.card import CardError, load_card
 from appliance.classifier import MaskClassifier, ModelError, crop_faces
@@ -27,7 +27,6 @@ def test_square_crop_pads_with_edge_pixels_and_never_stretches():
 
 def test_the_shipped_model_tells_masked_from_unmasked_faces_on_real_scenes():
     model = MaskClassifier(SHIPPED)
-    from conftest import SCENES
 
     from training.evaluate import read_scene_labels
 

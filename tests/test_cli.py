@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 import cv2
-from conftest import REPO, SCENES, SHIPPED, scene_images
+from support.data import REPO, SCENES, SHIPPED, scene_images
 
 from appliance.card import load_card
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import SCENES, SHIPPED
+from support.data import SCENES, SHIPPED
 
 from appliance import collect as collect_mod
 from appliance import config

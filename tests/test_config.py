@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from support.data import REPO, SHIPPED
 
 from appliance import config
 from appliance.config import ConfigError, DetectorConfig
@@ -115,7 +116,6 @@ def test_fail_secure_is_accepted_when_the_de_energized_relay_locks():
 def test_the_pi_config_the_installer_writes_is_valid():
     import tomllib
 
-    from conftest import REPO
 
     table = tomllib.loads((REPO / "deploy/config.pi.toml").read_text())
     cfg = config.parse(table, "deploy/config.pi.toml")  # its model path exists only on a Pi: parsing reads no file
@@ -125,7 +125,6 @@ def test_the_pi_config_the_installer_writes_is_valid():
 
 
 def test_a_missing_model_is_refused_by_check_files_alone(tmp_path):
-    from conftest import SHIPPED
 
     cfg = config.parse({"classifier": {"model": "/nowhere/m.tflite"}}, "/etc/mask-appliance/config.toml")
     assert cfg.classifier.model == Path("/nowhere/m.tflite")  # validation reads no file

@@ -1,5 +1,4 @@
-# ruff: noqa: F811 (the fixtures of test_deploy.py, imported by name, are parameters here)
-"""mask-deploy's faults (issue #13, items 10 to 13) against the real sshd and the real service of test_deploy.py:
+"""mask-deploy's faults (issue #13, items 10 to 13) against the real sshd and the fake Pis of plugins/deploy.py:
 racing pushes, hostile host names and ssh configs, login banners, a killed service, a power cut, a read-only
 database, control characters from a Pi, and the rollback target across failed pushes and re-pushes."""
 
@@ -18,30 +17,12 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, SHIPPED, pi_service_config
-from test_deploy import (  # noqa: F401 (fixtures)
-    deploy,
-    deploy_user,
-    pis,
-    sha_of,
-    sshd,
-    variants,
-)
+from support.data import REPO, SHIPPED, pi_service_config
+from support.deploy import deploy, models_of, sha_of, unloadable
 
 from deploy import ssh, status
 
 SHIPPED_SHA = sha_of(SHIPPED)
-
-
-def models_of(state: Path) -> dict[str, str]:
-    """sha256 of every model file in a Pi's models folder, by name, and a check that each card matches its model."""
-    folder = state / "models"
-    found = {}
-    for model in sorted(folder.glob("*.tflite")) + sorted(folder.glob(".*.tflite")):
-        card = json.loads(model.with_suffix(".json").read_text())
-        assert card["sha256"] == sha_of(model), f"{model.name}: its card is for another model"
-        found[model.name] = sha_of(model)
-    return found
 
 
 def table_row(out: str, host: str) -> str:
@@ -141,17 +122,6 @@ def test_a_push_waits_for_the_lock_and_gives_up_after_lock_wait_changing_nothing
 
 # -- item 13: the rollback target, the upload timeout -------------------------------------------------------------
 
-def _unloadable(tmp_path: Path) -> Path:
-    """A model whose card matches it but which the service cannot load: it refuses it."""
-    bad = tmp_path / "bad" / "mask_classifier.tflite"
-    bad.parent.mkdir()
-    bad.write_bytes(b"not a model, but its card matches")
-    card = json.loads(SHIPPED.with_suffix(".json").read_text())
-    card["sha256"] = sha_of(bad)
-    bad.with_suffix(".json").write_text(json.dumps(card))
-    return bad
-
-
 def test_a_failed_push_and_a_re_push_leave_the_rollback_target_alone(sshd, pis, variants, tmp_path, capsys):
     (pi,) = pis("pi-a")
     v1 = variants(1)
@@ -160,7 +130,7 @@ def test_a_failed_push_and_a_re_push_leave_the_rollback_target_alone(sshd, pis, 
                                    SHIPPED_SHA}
     capsys.readouterr()
     # a push the service refuses: v1 comes back, and the shipped model stays the rollback target
-    assert deploy(sshd, "--timeout", "3", "push", "pi-a", "--model", str(_unloadable(tmp_path))) == 1
+    assert deploy(sshd, "--timeout", "3", "push", "pi-a", "--model", str(unloadable(tmp_path))) == 1
     assert "rolled back to the previous model" in capsys.readouterr().out
     assert pi.sha256 == sha_of(v1)
     assert models_of(pi.state) == {"mask_classifier.tflite": sha_of(v1), "mask_classifier.previous.tflite":

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, pi_service_config
+from support.data import REPO, pi_service_config
 
 UNIT = REPO / "systemd/mask-appliance.service"
 

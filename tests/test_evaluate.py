@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import SCENES
+from support.data import CROPS, SCENES, SHIPPED
 
 from training.evaluate import LabelledFace, detect_scenes, match, read_scene_labels, scene_part, score_scenes
 
@@ -113,8 +113,6 @@ def test_mask_train_evaluate_scores_the_shipped_model_on_crops_and_scenes(tmp_pa
     import csv
     import json
     import shutil
-
-    from conftest import CROPS, SHIPPED
 
     from training.cli import main
 

@@ -1,6 +1,5 @@
-# ruff: noqa: F811 (the fixtures of test_deploy.py, imported by name, are parameters here)
 """deploy/ansible/site.yml run for real (ansible-playbook from the venv, its push steps) against the real sshd and
-the real services of test_deploy.py: a good push, a model that does not match its card, a model the service
+the fake Pis of plugins/deploy.py: a good push, a model that does not match its card, a model the service
 refuses, --check, a new host key under an accept-new ssh config, a status that cannot be read yet, a Pi whose
 models folder another push holds (issue #13, item 9), and the gate: a model without a passing gate is refused
 unless forced, and a forced push says so and is recorded on the Pi as mask-deploy records it (issue #15)."""
@@ -20,17 +19,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, SHIPPED
-from test_deploy import (  # noqa: F401 (fixtures)
-    deploy,
-    deploy_user,
-    pis,
-    sha_of,
-    sshd,
-    variants,
-)
-from test_deploy_safety import _unloadable, models_of
-from test_pull import ungated
+from support.data import REPO, SHIPPED
+from support.deploy import deploy, models_of, sha_of, ungated, unloadable
 
 from deploy import ssh
 
@@ -101,7 +91,7 @@ def test_a_model_that_does_not_match_its_card_leaves_a_healthy_pi_as_it_was(sshd
 def test_a_model_the_service_refuses_is_put_back_and_the_rollback_target_kept(sshd, pis, variants, tmp_path):
     (pi,) = pis("pi-a")
     _live_v1_previous_shipped(sshd, pi, variants)
-    run = playbook(sshd, tmp_path, ["pi-a"], _unloadable(tmp_path), "-e", "confirm_timeout=3", "-e", "force=true")
+    run = playbook(sshd, tmp_path, ["pi-a"], unloadable(tmp_path), "-e", "confirm_timeout=3", "-e", "force=true")
     assert models_of(pi.state) == {"mask_classifier.tflite": sha_of(variants(1)),
                                    "mask_classifier.previous.tflite": SHIPPED_SHA}
     assert pi.sha256 == sha_of(variants(1))

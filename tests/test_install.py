@@ -13,7 +13,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from support.data import REPO
 
 # One stub for apt-get, dpkg, dpkg-query, getent, useradd, usermod, userdel, id, systemctl, chown and python3: it
 # logs its arguments and keeps just enough state (installed packages, users, groups, enabled units) for the

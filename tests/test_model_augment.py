@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import CROPS
+from support.data import CROPS
 
 from training import augment
 from training.data import load_crops

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import SHARED, SHIPPED
+from support.data import SHARED, SHIPPED
 
 from appliance.card import load_card
 from appliance.classifier import load_model

@@ -9,7 +9,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import CROPS, SHARED, WEIGHTS_100
+from support.data import CROPS, SHARED, WEIGHTS_100
 
 from appliance.card import LABELS, load_card
 from appliance.classifier import MaskClassifier, load_model

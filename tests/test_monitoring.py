@@ -9,10 +9,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from support.data import REPO
 
 from appliance.metrics import Metrics
 
-MONITORING = Path(__file__).resolve().parent.parent / "deploy" / "monitoring"
+MONITORING = REPO / "deploy" / "monitoring"
 PROMTOOL = shutil.which("promtool")
 needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason="promtool (Debian's prometheus) is not installed "
                                     "(scripts/test installs it)")

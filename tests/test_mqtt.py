@@ -5,6 +5,7 @@ wrong password, and the last will of a killed appliance."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -21,6 +22,9 @@ from pathlib import Path
 import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
+from support.data import REPO, scene_images
+from support.sources import PacedScenes
+from support.wait import wait_for as _wait_for
 
 from appliance import config, mqtt
 from appliance.config import ConfigError
@@ -28,23 +32,13 @@ from appliance.events import EventLog
 from appliance.mqtt_discovery import Topics, discovery, slug
 from appliance.mqtt_events import event_payload
 from appliance.mqtt_state import DoorState
-from appliance.sources import ImageSource
 from appliance.vocab import Decision, Door, Fault, Kind, Recovery
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "deploy" / "monitoring" / "mosquitto"
+# This file's waits give up after 10 s unless a call says otherwise.
+wait_for = functools.partial(_wait_for, timeout=10.0)
 NO_BROKER = "Debian's mosquitto is not installed (scripts/test installs it)"
-
-
-def wait_for(predicate, timeout: float = 10.0, what: str = "condition"):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 class Broker:
@@ -77,7 +71,7 @@ class Broker:
     def start(self) -> Broker:
         self.log = open(self.folder / "mosquitto.log", "ab")  # noqa: SIM115 (closed in stop)
         self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stdout=self.log, stderr=subprocess.STDOUT)
-        wait_for(self._listening, 10, "mosquitto to listen")
+        wait_for(self._listening, timeout=10, what="mosquitto to listen")
         return self
 
     def _listening(self) -> bool:
@@ -603,34 +597,8 @@ def test_last_will_says_offline_when_the_appliance_dies(broker, tmp_path):
 WIRED = "mqtt" in {f.name for f in dataclasses.fields(config.Config)}
 
 
-class PacedScenes:
-    """Scene photos as visits at `fps` in real time (as a camera would), then quiet until stopped."""
-
-    def __init__(self, files: list[Path], still_frames: int, fps: float):
-        self.inner = ImageSource(files, still_frames=still_frames)
-        self.clock, self.skipped, self.period = self.inner.clock, 0, 1.0 / fps
-        self.done = threading.Event()
-        self._stopped = threading.Event()
-
-    def frames(self):
-        for frame in self.inner.frames():
-            if self._stopped.wait(self.period):
-                return
-            yield frame
-        self.done.set()
-        self._stopped.wait()
-
-    def stop(self):
-        self._stopped.set()
-        self.inner.stop()
-
-    def close(self):
-        pass
-
-
 @pytest.mark.skipif(not WIRED, reason="[mqtt] is not wired into Config and the service yet")
 def test_the_service_publishes_while_the_broker_comes_and_goes(model_dir, tmp_path, broker):
-    from conftest import scene_images
 
     from appliance.service import Service
 

@@ -10,7 +10,7 @@ import re
 import tomllib
 
 import pytest
-from conftest import SCENES, SHIPPED
+from support.data import SCENES, SHIPPED
 
 from appliance import config as config_mod
 from deploy import compare, pi_check, qemu, sysroot

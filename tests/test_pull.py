@@ -1,5 +1,4 @@
-# ruff: noqa: F811 (the fixtures of test_deploy.py, imported by name, are parameters here)
-"""`mask-deploy pull` and the push gate (issue #15) against the real sshd of test_deploy.py: crops collected on a
+"""`mask-deploy pull` and the push gate (issue #15) against the real sshd of plugins/deploy.py: crops collected on a
 fake Pi by the real Collector and EventLog are copied, verified and only then deleted there; an interrupted or
 corrupted pull loses nothing and resumes; a hostile index cannot reach outside the folders; a model without a
 passing gate is refused unless forced, and a forced push says so and marks the Pi's card."""
@@ -15,16 +14,8 @@ from pathlib import Path
 
 import cv2
 import pytest
-from conftest import SCENES, SHIPPED
-from test_deploy import (  # noqa: F401 (fixtures)
-    DEPLOY_GROUP,
-    deploy,
-    deploy_user,
-    pis,
-    sha_of,
-    sshd,
-    variants,
-)
+from support.data import SCENES, SHIPPED
+from support.deploy import DEPLOY_GROUP, deploy, sha_of, ungated
 
 from appliance import config
 from appliance.classifier import crop_faces, load_model
@@ -192,16 +183,6 @@ def test_the_deploy_user_pulls_from_the_services_folder_others_cannot_read(sshd,
 
 
 # -- the gate before a push -----------------------------------------------------------------------------------------
-
-def ungated(variants, n: int, gate: dict | None = None) -> Path:
-    model = variants(n)
-    card = json.loads(model.with_suffix(".json").read_text())
-    card.pop("gate", None)
-    if gate is not None:
-        card["gate"] = gate
-    model.with_suffix(".json").write_text(json.dumps(card, indent=2))
-    return model
-
 
 def test_a_model_without_a_passing_gate_is_refused_unless_forced(sshd, pis, variants, capsys):
     (pi,) = pis("pi-a")

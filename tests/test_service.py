@@ -7,46 +7,20 @@ import os
 import shutil
 import signal
 import socket
-import sqlite3
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import scene_images
 from gpiozero import Device
+from support.data import scene_images
+from support.service import BUZZER, GREEN, RED, RELAY, events, make_service, run_in_background, states
+from support.wait import wait_for
 
 from appliance import config
 from appliance.service import Service
 from appliance.sources import Frame, ImageSource
-
-RELAY, BUZZER, GREEN, RED = 17, 27, 22, 23
-
-
-def make_service(model_dir: Path, tmp_path: Path, **sections) -> Service:
-    table = {"classifier": {"model": str(model_dir / "mask_classifier.tflite")},
-             "events": {"database": str(tmp_path / "events.db")},
-             "service": {"model_poll": 0.2}}
-    for name, values in sections.items():
-        table.setdefault(name, {}).update(values)
-    return Service(config.parse(table))
-
-
-def events(tmp_path: Path, kind: str | None = None) -> list[dict]:
-    db = sqlite3.connect(tmp_path / "events.db")
-    rows = db.execute("SELECT kind, state, detail FROM events ORDER BY id").fetchall()
-    db.close()
-    return [{"kind": k, "state": s, **json.loads(d)} for k, s, d in rows if kind is None or k == kind]
-
-
-def states(pin: int, expected: list[bool], exact: bool = True) -> None:
-    """gpiozero's MockPin.assert_states on `pin`; `exact`: and no more states than those (assert_states compares
-    only as many as both lists have, so a shorter expectation would always pass)."""
-    mock = Device.pin_factory.pin(pin)
-    mock.assert_states(expected)
-    if exact:
-        assert len(mock.states) == len(expected), [s for _, s in mock.states]
 
 
 def test_an_unmasked_scene_locks_the_door_and_sounds_the_buzzer(model_dir, tmp_path):
@@ -82,9 +56,9 @@ def test_unlock_on_masked_releases_for_masked_faces_only(model_dir, tmp_path):
     states(RELAY, [False, True, False])  # locked (de-energized) at start and stop, released for the masked face
 
 
+@pytest.mark.usefixtures("restore_signals")
 def test_sigterm_stops_cleanly_with_the_door_in_its_stop_state(model_dir, tmp_path):
     service = make_service(model_dir, tmp_path)
-    old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     service.install_signals()
     timer = threading.Timer(1.5, os.kill, (os.getpid(), signal.SIGTERM))
     try:
@@ -92,8 +66,6 @@ def test_sigterm_stops_cleanly_with_the_door_in_its_stop_state(model_dir, tmp_pa
         rc = service.run(ImageSource(scene_images("without_mask", limit=1), still_frames=100000))
     finally:
         timer.cancel()
-        for s, handler in old.items():
-            signal.signal(s, handler)
     assert rc == 0
     states(RELAY, [False, True, False])  # it was denying when the signal came
     assert Device.pin_factory.pin(RELAY).state is False and Device.pin_factory.pin(BUZZER).state is False
@@ -103,30 +75,16 @@ def test_sigterm_stops_cleanly_with_the_door_in_its_stop_state(model_dir, tmp_pa
     assert status["running"] is False and status["door"] == "released"
 
 
-def _run_in_background(service: Service, source) -> threading.Thread:
-    thread = threading.Thread(target=service.run, args=(source,))
-    thread.start()
-    return thread
-
-
-def _wait_for(condition, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.05)
-
-
 def test_a_corrupt_model_is_refused_while_frames_keep_flowing(model_dir, tmp_path):
     service = make_service(model_dir, tmp_path)
     old_sha = service.pipeline.classifier.sha256
-    thread = _run_in_background(service, ImageSource(scene_images("with_mask", limit=1), still_frames=100000))
+    thread = run_in_background(service, ImageSource(scene_images("with_mask", limit=1), still_frames=100000))
     try:
-        _wait_for(lambda: service.frames > 3)
+        wait_for(lambda: service.frames > 3)
         (model_dir / "mask_classifier.tflite").write_bytes(b"TFL3 but not really a model")
-        _wait_for(lambda: any(e.get("what") == "model refused" for e in events(tmp_path, "fault")))
+        wait_for(lambda: any(e.get("what") == "model refused" for e in events(tmp_path, "fault")))
         seen = service.frames
-        _wait_for(lambda: service.frames > seen + 5)  # still running on the old model
+        wait_for(lambda: service.frames > seen + 5)  # still running on the old model
     finally:
         service.stop()
         thread.join(30)
@@ -138,17 +96,17 @@ def test_a_corrupt_model_is_refused_while_frames_keep_flowing(model_dir, tmp_pat
 def test_a_good_new_model_is_swapped_in_between_frames(model_dir, tmp_path, trained):
     out, _ = trained
     service = make_service(model_dir, tmp_path)
-    thread = _run_in_background(service, ImageSource(scene_images("with_mask", limit=1), still_frames=100000))
+    thread = run_in_background(service, ImageSource(scene_images("with_mask", limit=1), still_frames=100000))
     try:
-        _wait_for(lambda: service.frames > 3)
+        wait_for(lambda: service.frames > 3)
         # As mask-deploy does it: card first, then the model by atomic rename.
         shutil.copy(out / "mask_classifier.json", model_dir / "mask_classifier.json")
         shutil.copy(out / "mask_classifier.tflite", model_dir / "incoming.tflite")
         os.replace(model_dir / "incoming.tflite", model_dir / "mask_classifier.tflite")
         new_sha = json.loads((out / "mask_classifier.json").read_text())["sha256"]
-        _wait_for(lambda: service.pipeline.classifier.sha256 == new_sha)
+        wait_for(lambda: service.pipeline.classifier.sha256 == new_sha)
         seen = service.frames
-        _wait_for(lambda: service.frames > seen + 3)
+        wait_for(lambda: service.frames > seen + 3)
     finally:
         service.stop()
         thread.join(30)
@@ -251,41 +209,37 @@ def test_stop_ends_a_service_whose_stream_is_lost(model_dir, tmp_path):
     from appliance.sources import VideoSource
 
     service = make_service(model_dir, tmp_path, source={"reconnect_min": 0.05, "reconnect_max": 0.2})
-    thread = _run_in_background(service, VideoSource("rtsp://127.0.0.1:9/none", service.cfg.source))
-    _wait_for(lambda: service.source is not None and service.source.skipped >= 2)
+    thread = run_in_background(service, VideoSource("rtsp://127.0.0.1:9/none", service.cfg.source))
+    wait_for(lambda: service.source is not None and service.source.skipped >= 2)
     service.stop()
     thread.join(5)
     assert not thread.is_alive()
     assert events(tmp_path, "stop")[-1]["door"] == "released"
 
 
+@pytest.mark.usefixtures("restore_signals")
 def test_sighup_reloads_the_config_and_refuses_a_bad_one(model_dir, tmp_path):
     path = tmp_path / "config.toml"
     base = (f'[classifier]\nmodel = "{model_dir / "mask_classifier.tflite"}"\n'
             f'[events]\ndatabase = "{tmp_path / "events.db"}"\n')
     path.write_text(base)
     service = Service(config.load(path), config_path=path)
-    old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     service.install_signals()
 
     def operate():
-        _wait_for(lambda: service.frames > 3)
+        wait_for(lambda: service.frames > 3)
         path.write_text(base + '[policy]\nmode = "unlock-on-masked"\n')
         os.kill(os.getpid(), signal.SIGHUP)
-        _wait_for(lambda: service.cfg.policy.mode == "unlock-on-masked")
+        wait_for(lambda: service.cfg.policy.mode == "unlock-on-masked")
         path.write_text(base + "[policy]\nmode = 'sideways'\n")
         os.kill(os.getpid(), signal.SIGHUP)
-        _wait_for(lambda: any(e.get("what") == "reload refused" for e in events(tmp_path, "fault")))
+        wait_for(lambda: any(e.get("what") == "reload refused" for e in events(tmp_path, "fault")))
         service.stop()
 
     helper = threading.Thread(target=operate)
-    try:
-        helper.start()
-        service.run(ImageSource(scene_images("with_mask", limit=1), still_frames=100000))
-        helper.join(30)
-    finally:
-        for s, handler in old.items():
-            signal.signal(s, handler)
+    helper.start()
+    service.run(ImageSource(scene_images("with_mask", limit=1), still_frames=100000))
+    helper.join(30)
     assert service.cfg.policy.mode == "unlock-on-masked"  # the bad reload changed nothing
     refused = [e for e in events(tmp_path, "fault") if e.get("what") == "reload refused"][0]
     assert "[policy] mode = 'sideways'" in refused["reason"]
@@ -387,13 +341,13 @@ def test_a_bad_live_pair_at_start_falls_back_to_the_previous_pair_loudly(model_d
     assert json.loads((tmp_path / "status.json").read_text())["model_fallback"] == service.model_fallback
     # The poll still watches the live pair: a good push there ends the fallback.
     service = make_service(model_dir, tmp_path / "third")
-    thread = _run_in_background(service, ImageSource(scene_images("with_mask", limit=1), still_frames=100000))
+    thread = run_in_background(service, ImageSource(scene_images("with_mask", limit=1), still_frames=100000))
     try:
-        _wait_for(lambda: service.frames > 3)
+        wait_for(lambda: service.frames > 3)
         tmp = model_dir / "incoming.json"
         tmp.write_text(json.dumps({**card, "sha256": good_sha}))
         os.replace(tmp, live.with_suffix(".json"))
-        _wait_for(lambda: service.model_fallback is None)
+        wait_for(lambda: service.model_fallback is None)
     finally:
         service.stop()
         thread.join(30)
@@ -411,13 +365,13 @@ def test_a_forced_push_is_marked_in_the_start_and_swap_events(model_dir, tmp_pat
     push = {"forced": True, "reason": "gate waived for a hotfix", "time": 1700000000.0, "by": "ops"}
     card_path.write_text(json.dumps({**card, "push": push}))
     service = make_service(model_dir, tmp_path)
-    thread = _run_in_background(service, ImageSource(scene_images("with_mask", limit=1), still_frames=100000))
+    thread = run_in_background(service, ImageSource(scene_images("with_mask", limit=1), still_frames=100000))
     try:
-        _wait_for(lambda: service.frames > 3)
+        wait_for(lambda: service.frames > 3)
         tmp = model_dir / "incoming.json"
         tmp.write_text(json.dumps({**card, "push": {**push, "reason": "again"}}))
         os.replace(tmp, card_path)  # a re-push of the same pair, forced
-        _wait_for(lambda: any(e.get("what") == "model swapped" for e in events(tmp_path, "model")))
+        wait_for(lambda: any(e.get("what") == "model swapped" for e in events(tmp_path, "model")))
     finally:
         service.stop()
         thread.join(30)

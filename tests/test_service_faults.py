@@ -16,9 +16,10 @@ from pathlib import Path
 
 import cv2
 import pytest
-from conftest import scene_images
 from gpiozero import Device
-from test_service import BUZZER, RELAY, _run_in_background, _wait_for, events, make_service, states
+from support.data import scene_images
+from support.service import BUZZER, RELAY, events, make_service, run_in_background, states
+from support.wait import wait_for
 
 from appliance import config
 from appliance.service import Service
@@ -128,7 +129,8 @@ def _config_file(model_dir: Path, tmp_path: Path, extra: str = "", database: Pat
 
 
 def _run_with_signals(service: Service, source, operate) -> None:
-    old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    """service.run(source) with its signal handlers installed (the test uses the restore_signals fixture), while
+    `operate` acts on it from another thread; an error there stops the service and fails the test."""
     service.install_signals()
     errors: list[BaseException] = []
 
@@ -140,24 +142,21 @@ def _run_with_signals(service: Service, source, operate) -> None:
             service.stop()
 
     helper = threading.Thread(target=guarded)
-    try:
-        helper.start()
-        service.run(source)
-        helper.join(30)
-    finally:
-        for s, handler in old.items():
-            signal.signal(s, handler)
+    helper.start()
+    service.run(source)
+    helper.join(30)
     if errors:
         raise errors[0]
 
 
+@pytest.mark.usefixtures("restore_signals")
 def test_twenty_sighups_with_an_unchanged_config_keep_the_door_locked_without_a_second_beep(model_dir, tmp_path):
     path = _config_file(model_dir, tmp_path)
     service = Service(config.load(path), config_path=path)
     during: list[bool] = []
 
     def operate():
-        _wait_for(relay)
+        wait_for(relay)
         for _ in range(20):  # 20 in a second
             os.kill(os.getpid(), signal.SIGHUP)
             time.sleep(0.05)
@@ -174,6 +173,7 @@ def test_twenty_sighups_with_an_unchanged_config_keep_the_door_locked_without_a_
     assert [e for e in events(tmp_path, "config")] == []
 
 
+@pytest.mark.usefixtures("restore_signals")
 def test_a_reload_applies_what_it_can_carrying_the_door_and_refuses_restart_keys_by_name(model_dir, tmp_path):
     path = _config_file(model_dir, tmp_path)
     service = Service(config.load(path), config_path=path)
@@ -187,10 +187,10 @@ def test_a_reload_applies_what_it_can_carrying_the_door_and_refuses_restart_keys
         during.append(relay())
 
     def operate():
-        _wait_for(relay)
+        wait_for(relay)
         track_ids = {t.id for t in service.policy.tracks}
         reload("[policy]\ndeny_hold = 5.0\n[gpio]\nbuzzer_cooldown = 30.0\n")
-        _wait_for(lambda: service.cfg.policy.deny_hold == 5.0)
+        wait_for(lambda: service.cfg.policy.deny_hold == 5.0)
         assert service.policy is policy and {t.id for t in service.policy.tracks} >= track_ids  # votes carried
         assert service.keeper.door.cfg.buzzer_cooldown == 30.0
         reload('[policy]\ndeny_hold = 5.0\n[gpio]\nbuzzer_cooldown = 30.0\n[mqtt]\nhost = "broker.lan"\n')
@@ -210,20 +210,21 @@ def test_a_reload_applies_what_it_can_carrying_the_door_and_refuses_restart_keys
     assert service.cfg.mqtt.host == "" and service.cfg.source.fps == 15.0  # the running config was kept
 
 
+@pytest.mark.usefixtures("restore_signals")
 def test_a_reload_keeps_a_model_push_that_was_not_polled_yet(model_dir, tmp_path):
     path = _config_file(model_dir, tmp_path, "[service]\nmodel_poll = 3600.0\n")
     service = Service(config.load(path), config_path=path)
     live = model_dir / "mask_classifier.tflite"
 
     def operate():
-        _wait_for(lambda: service.frames > 3)
+        wait_for(lambda: service.frames > 3)
         for suffix in (".json", ".tflite"):  # a re-push of the pair, as mask-deploy renames it in
             incoming = model_dir / f"incoming{suffix}"
             incoming.write_bytes(live.with_suffix(suffix).read_bytes())
             os.replace(incoming, live.with_suffix(suffix))
         _config_file(model_dir, tmp_path, "[service]\nmodel_poll = 0.2\n")
         os.kill(os.getpid(), signal.SIGHUP)
-        _wait_for(lambda: any(e.get("what") == "model swapped" for e in events(tmp_path, "model")))
+        wait_for(lambda: any(e.get("what") == "model swapped" for e in events(tmp_path, "model")))
         service.stop()
 
     _run_with_signals(service, Scripted(unmasked(), [("frames", 100000)]), operate)
@@ -316,6 +317,7 @@ def test_during_an_outage_the_watchdog_is_fed_and_the_status_tells_the_fail_stat
     assert "no frames" in [e["what"] for e in events(tmp_path, "fault")]
 
 
+@pytest.mark.usefixtures("restore_signals")
 def test_sigterm_does_not_wait_for_a_hung_read(model_dir, tmp_path):
     hang = threading.Event()
     source = Scripted(unmasked(), [("frames", 10), ("hang", hang)])
@@ -323,7 +325,7 @@ def test_sigterm_does_not_wait_for_a_hung_read(model_dir, tmp_path):
     timing: dict[str, float] = {}
 
     def operate():
-        _wait_for(lambda: service.frames >= 10)
+        wait_for(lambda: service.frames >= 10)
         time.sleep(0.5)  # the read is hung now
         timing["kill"] = time.monotonic()
         os.kill(os.getpid(), signal.SIGTERM)
@@ -342,6 +344,7 @@ def test_sigterm_does_not_wait_for_a_hung_read(model_dir, tmp_path):
 
 
 # -- 7: exceptions in the loop, half-written model pairs --------------------------------------------------------------
+@pytest.mark.usefixtures("restore_signals")
 @pytest.mark.parametrize("error", [KeyError("no such box"), ValueError("bad frame")])
 def test_any_exception_in_the_loop_is_one_console_line_and_a_logged_traceback(model_dir, tmp_path, monkeypatch,
                                                                              capsys, caplog, error):
@@ -358,13 +361,8 @@ def test_any_exception_in_the_loop_is_one_console_line_and_a_logged_traceback(mo
         return real_run(self, frame)
 
     monkeypatch.setattr(Pipeline, "run", failing)
-    old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
-    try:
-        with caplog.at_level(logging.ERROR):
-            rc = main(["run", "--config", str(path), "--source", str(unmasked())])
-    finally:
-        for s, handler in old.items():
-            signal.signal(s, handler)
+    with caplog.at_level(logging.ERROR):
+        rc = main(["run", "--config", str(path), "--source", str(unmasked())])
     assert rc == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"mask-appliance: frame loop failed: {type(error).__name__}: ")
@@ -386,20 +384,20 @@ def test_a_half_written_pair_is_not_yet_and_a_pair_that_stays_mismatched_is_refu
     other = json.loads(good_card)
     other["sha256"] = "ab" * 32  # the card of the next model, renamed in before its model
     service = make_service(model_dir, tmp_path)  # model_poll 0.2 s
-    thread = _run_in_background(service, ImageSource(scene_images("with_mask", limit=1), still_frames=100000))
+    thread = run_in_background(service, ImageSource(scene_images("with_mask", limit=1), still_frames=100000))
     try:
-        _wait_for(lambda: service.frames > 3)
+        wait_for(lambda: service.frames > 3)
         started = time.monotonic()
         _replace(card_path, json.dumps(other))
         # one poll has seen the half-written pair (or, without the watcher, two polls' time has passed)
-        _wait_for(lambda: time.monotonic() > started + 0.25
+        wait_for(lambda: time.monotonic() > started + 0.25
                   and getattr(getattr(service, "watcher", None), "incomplete", 1) >= 1)
         _replace(card_path, good_card)  # ... and the model's rename completes the pair
-        _wait_for(lambda: any(e.get("what") == "model swapped" for e in events(tmp_path, "model")))
+        wait_for(lambda: any(e.get("what") == "model swapped" for e in events(tmp_path, "model")))
         assert not [e for e in events(tmp_path, "fault") if e.get("what") == "model refused"]
         # A pair that stays mismatched is refused, once, after a few polls.
         _replace(card_path, json.dumps(other))
-        _wait_for(lambda: any(e.get("what") == "model refused" for e in events(tmp_path, "fault")))
+        wait_for(lambda: any(e.get("what") == "model refused" for e in events(tmp_path, "fault")))
         seen = service.frames
         time.sleep(1.5)  # seven more polls
         assert service.frames > seen

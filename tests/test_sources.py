@@ -10,7 +10,9 @@ import types
 import cv2
 import numpy as np
 import pytest
-from conftest import SHIPPED, scene_images
+from support.data import REPO, SHIPPED, scene_images
+from support.images import PEAK_MEMORY, write_big_jpeg, write_zero_png
+from support.service import events, make_service
 
 from appliance.config import DetectorConfig, SourceConfig
 from appliance.detector import make_detector
@@ -263,8 +265,6 @@ def test_an_image_folder_refuses_images_over_max_pixels_from_their_headers_and_l
     import subprocess
     import sys
 
-    from conftest import REPO
-    from test_imaging import PEAK_MEMORY, write_big_jpeg, write_zero_png
 
     write_big_jpeg(tmp_path / "a-big.jpg")
     write_zero_png(tmp_path / "b-bomb.png", 30000, 30000)
@@ -368,8 +368,6 @@ def test_the_service_skips_a_huge_image_at_once_without_a_false_no_frames_fault(
     """The issue's case: a 12000x12000 JPEG between two photos took 3.5 to 5.7 s to decode here, past the camera
     timeout, so the door went to its fail state with a "no frames" fault (seen with this very run and max_pixels
     raised to 2^30). Now it is skipped at once and the door decides on both photos without a fault."""
-    from test_imaging import write_big_jpeg
-    from test_service import events, make_service
 
     from appliance.vocab import Decision, Kind
 

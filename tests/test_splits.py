@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 
 import cv2
-from conftest import SHARED
+from support.data import SHARED
 
 from training import splits
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SCENES, scene_images
+from support.data import SCENES, scene_images
 
 from appliance.config import PolicyConfig
 from appliance.policy import Policy, Verdict

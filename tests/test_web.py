@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from support.data import REPO, scene_images
+from support.sources import PacedScenes
 
 from appliance import config, web, web_http, web_page
 from appliance.config import ConfigError
@@ -23,7 +25,6 @@ from appliance.events import EventLog
 from appliance.vocab import Door, Fault, Kind, Recovery
 from appliance.web_view import StatusView
 
-REPO = Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SHA = "3f" * 32
 STATUS = {"pid": 4242, "started": time.time() - 3600, "uptime": 3600.0, "frames": 51234, "skipped": 0, "fps": 14.6,
@@ -287,8 +288,6 @@ WIRED = "http" in {f.name for f in dataclasses.fields(config.Config)}
 
 @pytest.mark.skipif(not WIRED, reason="[http] is not wired into Config and the service yet")
 def test_the_service_serves_metrics_that_match_its_event_log(model_dir, tmp_path):
-    from conftest import scene_images
-    from test_mqtt import PacedScenes
 
     from appliance.service import Service
 
