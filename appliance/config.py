@@ -309,10 +309,19 @@ def _check_pins(g: GpioConfig, origin: str) -> None:
 
 
 def check_files(cfg: Config, origin: str) -> None:
-    """The files the config names that a command needs before it starts: the model. `run`, `check` and `detect`
-    call it after loading; a reload calls it before it applies anything."""
+    """The files the config names that a command needs before it starts: the model, and the outputs' password,
+    certificate and token files where those outputs are on. `run`, `check` and `detect` call it after loading; a
+    reload calls it before it applies anything. validate() reads no file."""
     if not cfg.classifier.model.is_file():
         raise ConfigError(f"{origin}: [classifier] model = '{cfg.classifier.model}' does not exist")
+    if cfg.mqtt.host:  # the outputs' modules import their libraries: only when they are on
+        from appliance import mqtt
+
+        mqtt.check_files(cfg.mqtt, origin)
+    if cfg.http.listen:
+        from appliance import web
+
+        web.check_files(cfg.http, origin)
 
 
 def describe() -> str:

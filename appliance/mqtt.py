@@ -52,12 +52,16 @@ def check(cfg: MqttConfig, origin: str) -> None:
         if _TOPIC_BAD.search(value) or value.startswith("/") or value.endswith("/"):
             raise ConfigError(f"{origin}: [mqtt] {key} = {value!r} is not a topic prefix (no +, #, leading or "
                               "trailing /)")
-    for key in ("password_file", "tls_ca"):
-        path = getattr(cfg, key)
-        if path is not None and not Path(path).is_file():
-            raise ConfigError(f"{origin}: [mqtt] {key} = '{path}' does not exist")
     if cfg.password_file is not None and not cfg.username:
         raise ConfigError(f"{origin}: [mqtt] password_file = '{cfg.password_file}' is set but username is empty")
+
+
+def check_files(cfg: MqttConfig, origin: str) -> None:
+    """ConfigError naming the key when a file it names is not there (config.check_files, at start)."""
+    for key in ("password_file", "tls_ca"):
+        path = getattr(cfg, key)
+        if cfg.host and path is not None and not Path(path).is_file():
+            raise ConfigError(f"{origin}: [mqtt] {key} = '{path}' does not exist")
 
 
 _PAHO_LOG = logging.getLogger("appliance.mqtt.paho")

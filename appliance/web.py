@@ -45,7 +45,11 @@ def check(cfg: HttpConfig, origin: str) -> None:
     if not cfg.listen:
         return
     parse_listen(cfg.listen, origin)
-    if cfg.token_file is not None:
+
+
+def check_files(cfg: HttpConfig, origin: str) -> None:
+    """ConfigError naming the key when the token file is missing or empty (config.check_files, at start)."""
+    if cfg.listen and cfg.token_file is not None:
         if not Path(cfg.token_file).is_file():
             raise ConfigError(f"{origin}: [http] token_file = '{cfg.token_file}' does not exist")
         if not _read_token(cfg.token_file):

@@ -139,6 +139,23 @@ def test_a_missing_model_is_refused_by_check_files_alone(tmp_path):
     config.check_files(config.load(None), "<defaults>")  # the shipped model is the default
 
 
+def test_the_outputs_files_are_checked_by_check_files_not_by_validation(tmp_path):
+    table = {"classifier": {"model": str(SHIPPED)},
+             "mqtt": {"host": "broker", "username": "door", "password_file": str(tmp_path / "pw")},
+             "http": {"listen": "127.0.0.1:8080", "token_file": str(tmp_path / "token")}}
+    cfg = config.parse(table, "c.toml")  # validation reads no file
+    with pytest.raises(ConfigError, match=r"^c.toml: \[mqtt\] password_file = '.*pw' does not exist$"):
+        config.check_files(cfg, "c.toml")
+    (tmp_path / "pw").write_text("secret\n")
+    with pytest.raises(ConfigError, match=r"^c.toml: \[http\] token_file = '.*token' does not exist$"):
+        config.check_files(cfg, "c.toml")
+    (tmp_path / "token").write_text("\n")
+    with pytest.raises(ConfigError, match=r"\[http\] token_file = '.*token' is empty"):
+        config.check_files(cfg, "c.toml")
+    (tmp_path / "token").write_text("t0ken\n")
+    config.check_files(cfg, "c.toml")
+
+
 def test_frame_sizes_up_to_max_pixels_are_accepted():
     cfg = config.parse({"source": {"main_size": [4056, 3040], "lores_size": [640, 480], "max_pixels": 4056 * 3040}})
     assert cfg.source.main_size == (4056, 3040) and cfg.source.max_pixels == 12_330_240

@@ -18,7 +18,7 @@ from conftest import SHARED, SHIPPED
 from test_label import make_door
 
 from appliance.classifier import load_model
-from deploy.cli import gate_problem
+from deploy.push import gate_problem
 from training import gate, label
 
 ILC = SHARED / "datasets" / "scenes-ilc"

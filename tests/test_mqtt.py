@@ -159,7 +159,7 @@ def test_off_by_default_and_config_checks(tmp_path):
     with pytest.raises(ConfigError, match=r"cfg.toml: \[mqtt\] topic_prefix = 'shop/#' is not a topic prefix"):
         mqtt.check(mqtt.MqttConfig(host="b", topic_prefix="shop/#"), "cfg.toml")
     with pytest.raises(ConfigError, match=r"\[mqtt\] password_file = '.*nope' does not exist"):
-        mqtt.check(mqtt.MqttConfig(host="b", username="u", password_file=tmp_path / "nope"), "cfg.toml")
+        mqtt.check_files(mqtt.MqttConfig(host="b", username="u", password_file=tmp_path / "nope"), "cfg.toml")
     with pytest.raises(ConfigError, match="username is empty"):
         (tmp_path / "pw").write_text("x\n")
         mqtt.check(mqtt.MqttConfig(host="b", password_file=tmp_path / "pw"), "cfg.toml")

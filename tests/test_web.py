@@ -61,7 +61,7 @@ def test_off_by_default_and_listen_checks(tmp_path):
         with pytest.raises(ConfigError, match=r"cfg.toml: \[http\] listen = .* is not address:port"):
             web.check(web.HttpConfig(listen=bad), "cfg.toml")
     with pytest.raises(ConfigError, match=r"\[http\] token_file = '.*missing' does not exist"):
-        web.check(web.HttpConfig(listen="127.0.0.1:8080", token_file=tmp_path / "missing"), "cfg.toml")
+        web.check_files(web.HttpConfig(listen="127.0.0.1:8080", token_file=tmp_path / "missing"), "cfg.toml")
 
 
 def test_a_taken_port_is_one_line(served):
