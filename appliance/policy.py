@@ -37,12 +37,10 @@ class Verdict:
 
     box: tuple[float, float, float, float]  # x1, y1, x2, y2 in the pixels faces are cropped from
     p_without_mask: float  # probability the face is NOT properly masked (no mask, or one worn wrong)
-    label: str  # with_mask, without_mask or incorrect_mask
+    label: str  # with_mask, without_mask or incorrect_mask (vocab.Label): the pipeline's FaceResult.label
     p_incorrect_mask: float | None = None  # a 3-class model's share of p_without_mask that is a mask worn wrong
 
     def __post_init__(self) -> None:
-        if isinstance(self.label, bool):  # the older Verdict(box, p, flagged) form, still used by benchmarks
-            object.__setattr__(self, "label", WITHOUT_MASK if self.label else WITH_MASK)
         if self.label not in (WITH_MASK, WITHOUT_MASK, INCORRECT_MASK):
             raise ValueError(f"face label {self.label!r} is not with_mask, without_mask or incorrect_mask")
 

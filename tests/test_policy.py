@@ -168,10 +168,11 @@ def test_the_policy_takes_pipeline_results():
     assert [policy.update([result], i / FPS).state for i in range(3)][-1] == DENY
 
 
-def test_a_verdict_refuses_an_unknown_label_and_reads_the_older_flagged_form():
+def test_a_verdict_refuses_an_unknown_label():
     with pytest.raises(ValueError, match="face label 'masked' is not with_mask"):
         Verdict(A, 0.1, "masked")
-    assert Verdict(A, 0.9, True).label == "without_mask" and Verdict(A, 0.1, False).label == "with_mask"
+    with pytest.raises(ValueError, match="face label True is not with_mask"):
+        Verdict(A, 0.9, True)  # type: ignore[arg-type]  (the older flagged form is gone: one fact, one name)
 
 
 def test_deny_holds_after_the_face_leaves_then_goes_idle():
