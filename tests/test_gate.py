@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import SHARED, SHIPPED
+from support.data import SHARED, SHIPPED
 from test_label import make_door
 
 from appliance.classifier import load_model

@@ -17,7 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import CROPS, REPO, SCENES, SHIPPED
+from support.data import CROPS, REPO, SCENES, SHIPPED
 
 from appliance.classifier import crop_faces, load_model
 from appliance.imaging import pad_to_square

@@ -44,11 +44,15 @@ def _train_parser(sub, export: bool = False) -> None:
     p.add_argument("--threshold", type=float, default=d.threshold,
                    help="p(not properly masked) at which a face is flagged (default: chosen on the first scene "
                         "source's validation part: lowest FNR with TNR >= 0.97; 0.5 without a scene source)")
+    p.add_argument("--threshold-scenes", type=Path,
+                   help="choose the threshold on this scene set's validation part (labels.csv; not trained on), "
+                        "e.g. the set the door's model chose its threshold on, instead of the first scene source's")
     p.add_argument("--classes", type=int, choices=[2, 3], default=d.classes,
                    help="3: with_mask, without_mask, incorrect_mask; 2: incorrect_mask folded into without_mask "
                         "(default: 3 when the data has incorrect_mask faces)")
-    p.add_argument("--class-weight-power", type=float, default=d.class_weight_power,
-                   help="class weights are (share of the class)^-power: 1 is inverse frequency, 0.5 its square root")
+    p.add_argument("--class-weight-power", type=float,
+                   help="class weights are (share of the class)^-power: 1 is inverse frequency, 0.5 its square root "
+                        "(default 1; with --init, the power that model was trained with)")
     p.add_argument("--no-augment", dest="augment", action="store_false",
                    help="train on the crops as they are (no augmentation)")
     p.add_argument("--crop-margin", type=float, default=d.crop_margin,
@@ -66,7 +70,7 @@ def _train_parser(sub, export: bool = False) -> None:
                             "int8 weights put back into the network")
     p.add_argument("--weight", dest="weights", action="append", default=[], metavar="SOURCE=W",
                    help="weight per crop of a data source, by the name the card gives it (a scene set's folder "
-                        f"name, e.g. shop-1=5); default 1, and a door's labels together {DOOR_SHARE:.0%} of all")
+                        f"name, e.g. shop-1=5); default 1, and a door's labels together {DOOR_SHARE:.0%}% of all")
 
 
 def _evaluate_parser(sub) -> None:
@@ -136,9 +140,10 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command in ("visits", "label", "gate"):
             return importlib.import_module(f"training.{args.command}").run(args)
         else:
-            from training.evaluate import evaluate_cli
+            from training.evaluate import evaluate
 
-            evaluate_cli(args)
+            evaluate(args.model, args.crops, args.scenes, args.part, args.threshold, args.labelled_boxes,
+                     args.config, args.out)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"mask-train: {exc}", file=sys.stderr)
         return 1
