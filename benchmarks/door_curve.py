@@ -28,6 +28,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -108,7 +109,7 @@ def truth_of_crops(folder: Path, labels_csv: Path, photos: list[str], cfg: confi
     truth: dict[str, str | None] = {}
     for line in (folder / label.INDEX).read_text().splitlines():
         name = json.loads(line)["file"]
-        crop = cv2.cvtColor(cv2.imread(str(folder / name)), cv2.COLOR_BGR2RGB)
+        crop = cv2.cvtColor(np.asarray(cv2.imread(str(folder / name))), cv2.COLOR_BGR2RGB)
         diffs = np.abs(bank - _key(crop)).mean(axis=(1, 2))
         best = int(diffs.argmin())
         truth[name] = None
@@ -146,7 +147,8 @@ def measure(model_path: Path, labels_csv: Path, photos: list[str]) -> dict:
     """The model alone, at its card's threshold, on every labelled face of the photos."""
     model = MaskClassifier(model_path)
     by_image = read_scene_labels(labels_csv)
-    ys, ps = [], []
+    ys: list[int] = []
+    ps: list[float] = []
     for photo in photos:
         image = read_bgr(Path(photo))
         faces = by_image.get(photo, [])
@@ -192,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     status = collect(cfg, first)
     collected = state / "collect"
     truth = truth_of_crops(collected, source, first, cfg)
-    result = {"base": str(args.base), "source": str(args.source), "first_photos": len(first),
+    result: dict[str, Any] = {"base": str(args.base), "source": str(args.source), "first_photos": len(first),
               "unseen_photos": len(unseen), "collect": status.get("collect"), "collected": len(truth),
               "labelled_available": sum(v is not None for v in truth.values()),
               "collection_seconds": round(time.monotonic() - started, 1), "rows": []}

@@ -84,10 +84,3 @@ def model_dir(tmp_path) -> Path:
     for suffix in (".tflite", ".json"):
         shutil.copy(SHIPPED.with_suffix(suffix), d / SHIPPED.with_suffix(suffix).name)
     return d
-
-
-# -- until these files move ------------------------------------------------------------------------------------------
-# test_training.py, test_gate.py, test_label.py, test_learn_loop.py, test_detector.py and test_pipeline.py still do
-# `from conftest import ...` (CROPS, SHARED, SHIPPED and WEIGHTS_100 come from the import at the top); once they
-# import from support.data, the lead removes this block.
-from support.data import REPO, SCENES, scene_images  # noqa: E402, F401, I001

@@ -165,17 +165,3 @@ def test_a_fake_pi_whose_service_writes_no_status_fails_the_test_in_time(tmp_pat
     with pytest.raises(AssertionError, match=r"no status\.json, within 0\.5 s of starting its service"):
         Pi(tmp_path / "hung", startup_timeout=0.5)
     assert 0.5 <= time.monotonic() - started < 5 and release.is_set()  # gave up in time, and stopped the service
-
-# -- until tests/test_learn_loop.py moves ----------------------------------------------------------------------------
-def __getattr__(name: str) -> object:
-    """The names tests/test_learn_loop.py still imports from here (`from test_deploy import Pi, deploy_user, sshd`),
-    served from their new homes without putting the fixtures in this module (where pytest would register them a
-    second time). Once it imports them from support.pi and leaves the fixtures to the deploy plugin, the lead
-    removes this function."""
-    import plugins.deploy
-    import support.pi
-
-    for home in (support.pi, plugins.deploy):
-        if name in ("Pi", "deploy_user", "sshd") and hasattr(home, name):
-            return getattr(home, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, SHARED, SHIPPED
+from support.data import REPO, SHARED, SHIPPED
 
 from appliance import detector as detector_mod
 from appliance.classifier import MaskClassifier

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from support.data import SHARED, SHIPPED
-from test_label import make_door
+from support.labelling import make_door
 
 from appliance.classifier import load_model
 from deploy.push import gate_problem

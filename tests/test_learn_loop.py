@@ -21,8 +21,8 @@ import cv2
 import pytest
 from support.data import REPO, SHARED, SHIPPED, WEIGHTS_100
 from support.deploy import deploy, sha_of
+from support.labelling import CHROMIUM
 from support.pi import Pi
-from test_label import CHROMIUM
 
 from appliance import collect, config, emitter
 from appliance.card import load_card

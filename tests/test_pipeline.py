@@ -6,7 +6,7 @@ import json
 import shutil
 
 import pytest
-from conftest import SHIPPED, scene_images
+from support.data import SHIPPED, scene_images
 
 from appliance import config as config_mod
 from appliance.classifier import MaskClassifier, ModelError

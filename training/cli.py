@@ -1,25 +1,28 @@
-"""`mask-train`: argument parsing only; the work is in training.train and training.evaluate."""
+"""`mask-train`: argument parsing only; the work is in training.train, training.evaluate and the modules of the
+other sub-commands. Options, logging, error lines and exit codes are the family's (appliance.cliparse)."""
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import os
 import sys
 from pathlib import Path
 
+from appliance import cliparse
 from training.train import DOOR_SHARE, INIT_EPOCHS, INIT_LEARNING_RATE, TrainConfig
 
+PROG = "mask-train"
 
-def _train_parser(sub, export: bool = False) -> None:
+
+def _train_parser(family: cliparse.Family, export: bool = False) -> None:
     d = TrainConfig(data=Path("."), out=Path("."))
     if export:
-        p = sub.add_parser("export", help="export, evaluate and card a float model.keras that `train` wrote, on the "
-                                          "same data sources (a new calibration or threshold, no new training)")
+        p = family.command("export", "export, evaluate and card a float model.keras that `train` wrote, on the "
+                                     "same data sources (a new calibration or threshold, no new training)")
         p.add_argument("--keras", type=Path, required=True, help="model.keras of a training run")
     else:
-        p = sub.add_parser("train", help="train, evaluate and export a model from face crops and labelled scenes")
+        p = family.command("train", "train, evaluate and export a model from face crops and labelled scenes")
     p.add_argument("data", type=Path, nargs="+",
                    help="data sources: folders with with_mask/ and without_mask/ (and optionally incorrect_mask/) "
                         "sub-folders of face crops, and scene labels.csv files (faces cut from their labelled boxes, "
@@ -73,8 +76,8 @@ def _train_parser(sub, export: bool = False) -> None:
                         f"name, e.g. shop-1=5); default 1, and a door's labels together {DOOR_SHARE:.0%}% of all")
 
 
-def _evaluate_parser(sub) -> None:
-    p = sub.add_parser("evaluate", help="score a model on a crop folder and/or a scene set with face boxes")
+def _evaluate_parser(family: cliparse.Family) -> None:
+    p = family.command("evaluate", "score a model on a crop folder and/or a scene set with face boxes")
     p.add_argument("--model", type=Path, required=True, help=".tflite model (its .json card beside it)")
     p.add_argument("--crops", type=Path, help="folder with with_mask/ and without_mask/ face crops")
     p.add_argument("--scenes", type=Path, help="labels.csv of a scene set (image_path,x1,y1,x2,y2,label; label one of "
@@ -108,46 +111,51 @@ def _fill_defaults(args: argparse.Namespace) -> None:
     args.weights = weights
 
 
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command in ("train", "export"):
+        _fill_defaults(args)
+    if args.command == "train":
+        from training.train import train
+
+        fields = {k: v for k, v in vars(args).items() if k not in ("command", "verbose")}
+        train(TrainConfig(**fields))
+    elif args.command == "export":
+        from training.train import export_trained
+
+        fields = {k: v for k, v in vars(args).items() if k not in ("command", "verbose", "keras")}
+        export_trained(TrainConfig(**fields), args.keras)
+    elif args.command in ("visits", "label", "gate"):
+        return int(importlib.import_module(f"training.{args.command}").run(args))
+    else:
+        from training.evaluate import evaluate
+
+        evaluate(args.model, args.crops, args.scenes, args.part, args.threshold, args.labelled_boxes,
+                 args.config, args.out)
+    return cliparse.OK
+
+
+def _bad_input() -> tuple[type[BaseException], ...]:
+    from appliance.card import CardError
+    from appliance.classifier import ModelError
+    from appliance.config import ConfigError
+
+    return (ConfigError, CardError, ModelError, FileNotFoundError, ValueError)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mask-train", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true")
-    sub = parser.add_subparsers(dest="command", required=True)
-    _train_parser(sub)
-    _train_parser(sub, export=True)
-    _evaluate_parser(sub)
+    family = cliparse.Family(PROG, __doc__)
+    _train_parser(family)
+    _train_parser(family, export=True)
+    _evaluate_parser(family)
     # Commands that bring their own arguments: module name -> help.
     for name, help_text in (("visits", "door-level evaluation: approach videos made from labelled photos, judged by "
                                        "the real pipeline and policy"),
                             ("label", "label the crops `mask-deploy pull` fetched, in a page on 127.0.0.1"),
                             ("gate", "score NEW against the model at the door; the verdict goes into NEW's card")):
-        importlib.import_module(f"training.{name}").add_arguments(sub.add_parser(name, help=help_text))
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+        importlib.import_module(f"training.{name}").add_arguments(family.command(name, help_text))
+    args = family.parse(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    try:
-        if args.command in ("train", "export"):
-            _fill_defaults(args)
-        if args.command == "train":
-            from training.train import train
-
-            fields = {k: v for k, v in vars(args).items() if k not in ("command", "verbose")}
-            train(TrainConfig(**fields))
-        elif args.command == "export":
-            from training.train import export_trained
-
-            fields = {k: v for k, v in vars(args).items() if k not in ("command", "verbose", "keras")}
-            export_trained(TrainConfig(**fields), args.keras)
-        elif args.command in ("visits", "label", "gate"):
-            return importlib.import_module(f"training.{args.command}").run(args)
-        else:
-            from training.evaluate import evaluate
-
-            evaluate(args.model, args.crops, args.scenes, args.part, args.threshold, args.labelled_boxes,
-                     args.config, args.out)
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
-        print(f"mask-train: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    return cliparse.run(PROG, lambda: _dispatch(args), bad_input=_bad_input, faults=(OSError, RuntimeError))
 
 
 if __name__ == "__main__":

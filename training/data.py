@@ -97,7 +97,10 @@ def load_scene_crops(labels_csv: Path, photos: list[str], size: int, crop: Crop)
     from training.evaluate import read_scene_labels
 
     by_image = read_scene_labels(labels_csv)
-    images, labels, paths, skipped = [], [], [], []
+    images: list = []
+    labels: list[int] = []
+    paths: list[str] = []
+    skipped: list[str] = []
     for photo in photos:
         faces = by_image.get(photo, [])
         bgr = read_bgr(Path(photo))

@@ -186,13 +186,13 @@ def _dequantized(interp, index: int) -> np.ndarray:
     return ((q.astype(np.float32) - zero.reshape(shape).astype(np.float32)) * scales.reshape(shape)).astype(np.float32)
 
 
-def keras_from_tflite(model_path: Path, base_weights: str, alpha: float | None = None):
+def keras_from_tflite(model_path: Path, base_weights: str | None = None, alpha: float | None = None):
     """The Keras network (training.model.build_model) with the weights of an int8 model this kit exported: each
     convolution and dense layer gets its dequantized int8 kernel and int32 bias. The converter folded every batch
     norm into the convolution before it, so each batch norm becomes the identity plus that bias. The float model
     this gives reproduces the int8 model as the float model it was exported from did (within quantization);
     `mask-train train --init` fine-tunes from it when the model's own Keras checkpoint is not at hand.
-    `base_weights` only lets the network be built (every weight is replaced); `alpha`: default the card's."""
+    `base_weights` is not needed (every weight is replaced); `alpha`: default the card's."""
     import keras
     import tensorflow as tf
 

@@ -263,7 +263,7 @@ def make_server(session: Session, port: int = 0) -> ThreadingHTTPServer:
 
         def _host_ok(self) -> bool:
             # Only this machine's own names: a web page elsewhere that rebinds its name to 127.0.0.1 gets nothing.
-            port = self.server.server_address[1]
+            port = self.server.server_address[1]  # type: ignore[index]  # an IPv4 (host, port) address
             return self.headers.get("Host", "") in (f"127.0.0.1:{port}", f"localhost:{port}")
 
         def _send(self, status: int, body: bytes, kind: str) -> None:
@@ -293,7 +293,7 @@ def make_server(session: Session, port: int = 0) -> ThreadingHTTPServer:
             return self._send(HTTPStatus.NOT_FOUND, b"not found", "text/plain")
 
         def do_POST(self) -> None:  # noqa: N802
-            port = self.server.server_address[1]
+            port = self.server.server_address[1]  # type: ignore[index]  # an IPv4 (host, port) address
             origin = self.headers.get("Origin")
             if not self._host_ok() or (origin and origin not in (f"http://127.0.0.1:{port}",
                                                                  f"http://localhost:{port}")):

@@ -17,13 +17,14 @@ def resolve_base_weights(base_weights: str) -> str:
     return str(path)
 
 
-def build_model(input_size: int = 224, alpha: float = 1.0, base_weights: str = "imagenet", n_classes: int = 2):
+def build_model(input_size: int = 224, alpha: float = 1.0, base_weights: str | None = "imagenet", n_classes: int = 2):
     """The classic recipe's network, with MobileNetV2's preprocessing folded in as its first layer so that the
-    exported model takes plain pixels (and its int8 input quantization is exact)."""
+    exported model takes plain pixels (and its int8 input quantization is exact). `base_weights` None: random
+    weights, for a caller that replaces every one (`--init` from an int8 model)."""
     import keras
 
     base = keras.applications.MobileNetV2(
-        weights=resolve_base_weights(base_weights),
+        weights=None if base_weights is None else resolve_base_weights(base_weights),
         include_top=False,
         alpha=alpha,
         input_shape=(input_size, input_size, 3),

@@ -6,6 +6,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -118,7 +119,7 @@ def _scene_source(path: Path, cfg: TrainConfig) -> Source:
     val_set = load_scene_crops(path, val_photos, cfg.input_size, crop)
     photos = sorted(train_photos + val_photos)
     info = {"kind": "scenes", "path": str(path),
-            "sha256": file_hash([path, *photos]),  # the labels file, then every photo in name order
+            "sha256": file_hash([path, *map(Path, photos)]),  # the labels file, then every photo in name order
             "counts": CropSet.concat([train_set, val_set]).counts(), "photos": len(photos),
             "train_photos": len(train_photos), "validation_photos": len(val_photos),
             "skipped": len(train_set.skipped) + len(val_set.skipped),
@@ -233,7 +234,7 @@ def _validation_source(cfg: TrainConfig) -> Source:
     fine-tune chooses on the part the door's model chose on, without training on all of that set again."""
     from training.splits import split_scenes
 
-    path = Path(cfg.threshold_scenes)
+    path = Path(str(cfg.threshold_scenes))
     if not path.is_file():
         raise DataError(f"--threshold-scenes {path}: scene labels not found")
     _, val_photos = split_scenes(path)
@@ -277,7 +278,7 @@ def train(cfg: TrainConfig) -> dict:
     if cfg.class_weight_power is None:
         cfg = replace(cfg, class_weight_power=(init.info.get("class_weight_power") or 1.0) if init else 1.0)
     sources, train_set, val_set, train_y, val_y, n_classes = _prepare(cfg)
-    weights = class_weights(train_y, cfg.class_weight_power)
+    weights = class_weights(train_y, cfg.class_weight_power or 1.0)
     per_source = source_weights(cfg, sources)
     for s in sources:
         s.info["weight"] = per_source[s.name]
@@ -305,7 +306,7 @@ def train(cfg: TrainConfig) -> dict:
 class Init:
     """The model `--init` starts from: the Keras network, how it was had, and what the run must take from it."""
 
-    model: object
+    model: Any  # a keras.Model (keras is imported only where training runs)
     info: dict
     fixes: dict  # TrainConfig fields the model decides (input size, classes, crop margin)
     door_model: Path | None = None  # the int8 model it stands for, when it came from one
@@ -339,7 +340,7 @@ def start_from(cfg: TrainConfig) -> Init:
     from appliance.card import card_path_for, load_card
     from training.export import keras_from_tflite
 
-    path = Path(cfg.init)
+    path = Path(str(cfg.init))
     if not path.is_file():
         raise FileNotFoundError(f"--init {path}: no such file (give the door's .tflite, its card beside it, or a "
                                 "model.keras)")
@@ -347,7 +348,7 @@ def start_from(cfg: TrainConfig) -> Init:
     door_model = None
     if path.suffix == ".keras":
         model = keras.models.load_model(path, compile=False)
-        info = {"from": str(path), "sha256": file_hash([path]), "weights": "Keras checkpoint"}
+        info: dict[str, Any] = {"from": str(path), "sha256": file_hash([path]), "weights": "Keras checkpoint"}
     elif path.suffix == ".tflite":
         card = load_card(card_path_for(path))
         if file_hash([path]) != card.sha256:
@@ -365,7 +366,7 @@ def start_from(cfg: TrainConfig) -> Init:
             model = keras.models.load_model(checkpoint, compile=False)
             info.update(weights=f"its Keras checkpoint {checkpoint.name} (sha256 {kept['sha256']})")
         else:
-            model = keras_from_tflite(path, cfg.base_weights)
+            model = keras_from_tflite(path)  # every weight is the door model's: no ImageNet file needed
             info.update(weights="recovered from the int8 model (dequantized kernels and biases, batch norms folded)")
     else:
         raise DataError(f"--init {path}: not a .tflite or .keras file")
@@ -401,7 +402,7 @@ def export_trained(cfg: TrainConfig, keras_path: Path) -> dict:
         histories = json.loads(train_info.read_text()).get("histories", [])
     if cfg.class_weight_power is None:
         cfg = replace(cfg, class_weight_power=1.0)
-    weights = class_weights(train_y, cfg.class_weight_power)
+    weights = class_weights(train_y, cfg.class_weight_power or 1.0)
     for s in sources:
         s.info["weight"] = source_weights(cfg, sources)[s.name]
     return _finish(cfg, model, sources, train_set, val_set, weights, n_classes, histories, started,
