@@ -53,7 +53,7 @@ def check_camera(cfg: Config) -> Row:
 def check_gpio(cfg: Config) -> Row:
     from gpiozero import Device
 
-    from appliance.actuators import DoorController
+    from appliance.deciding.actuators import DoorController
 
     door = DoorController(cfg.gpio, cfg.policy.mode)
     try:
@@ -63,14 +63,14 @@ def check_gpio(cfg: Config) -> Row:
 
 
 def check_detector(cfg: Config) -> Row:
-    from appliance.detector import make_detector
+    from appliance.seeing.detector import make_detector
 
     make_detector(cfg.detector)
     return Row(True, "detector", f"{cfg.detector.kind}, detecting at <= {cfg.detector.max_side} px")
 
 
 def check_model(cfg: Config) -> Row:
-    from appliance.classifier import load_model
+    from appliance.seeing.classifier import load_model
 
     model = load_model(cfg.classifier.model, cfg.classifier.threads)
     c = model.card

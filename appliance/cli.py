@@ -40,9 +40,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_detect(args: argparse.Namespace) -> int:
     import cv2
 
-    from appliance.imaging import Refused, read_image
-    from appliance.pipeline import Pipeline
-    from appliance.sources import Frame, image_files
+    from appliance.seeing.imaging import Refused, read_image
+    from appliance.seeing.pipeline import Pipeline
+    from appliance.seeing.sources import Frame, image_files
 
     if not args.json and args.out is None:
         raise BadInput("give --out DIR for annotated images, or --json")
@@ -101,8 +101,8 @@ def cmd_config(args: argparse.Namespace) -> int:
 def _bad_input() -> tuple[type[Exception], ...]:
     """The errors that are bad input (exit 2): imported only once an error comes, so `config` needs no OpenCV."""
     from appliance.assets import AssetError
-    from appliance.card import CardError
-    from appliance.classifier import ModelError
+    from appliance.seeing.card import CardError
+    from appliance.seeing.classifier import ModelError
 
     return config_mod.ConfigError, CardError, ModelError, AssetError
 

@@ -278,11 +278,11 @@ def validate(cfg: Config, origin: str) -> None:
                               f"[source] max_pixels = {s.max_pixels}")
     cfg.collect.check(origin)
     if cfg.mqtt.host:  # the outputs' own checks import their libraries: only when they are on
-        from appliance import mqtt
+        from appliance.reporting import mqtt
 
         mqtt.check(cfg.mqtt, origin)
     if cfg.http.listen:
-        from appliance import web
+        from appliance.reporting import web
 
         web.check(cfg.http, origin)
 
@@ -315,11 +315,11 @@ def check_files(cfg: Config, origin: str) -> None:
     if not cfg.classifier.model.is_file():
         raise ConfigError(f"{origin}: [classifier] model = '{cfg.classifier.model}' does not exist")
     if cfg.mqtt.host:  # the outputs' modules import their libraries: only when they are on
-        from appliance import mqtt
+        from appliance.reporting import mqtt
 
         mqtt.check_files(cfg.mqtt, origin)
     if cfg.http.listen:
-        from appliance import web
+        from appliance.reporting import web
 
         web.check_files(cfg.http, origin)
 

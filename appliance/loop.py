@@ -12,15 +12,15 @@ import threading
 import time
 from collections.abc import Callable
 
-from appliance.collect import Collector
-from appliance.emitter import Emitter
-from appliance.keeper import DoorKeeper
-from appliance.pipeline import Pipeline
-from appliance.policy import Policy
-from appliance.reader import WAIT, FrameReader
-from appliance.reporter import Reporter
-from appliance.sources import Frame
-from appliance.watcher import ModelWatcher
+from appliance.deciding.keeper import DoorKeeper
+from appliance.deciding.policy import Policy
+from appliance.reporting.collect import Collector
+from appliance.reporting.emitter import Emitter
+from appliance.reporting.reporter import Reporter
+from appliance.seeing.pipeline import Pipeline
+from appliance.seeing.reader import WAIT, FrameReader
+from appliance.seeing.sources import Frame
+from appliance.seeing.watcher import ModelWatcher
 
 log = logging.getLogger("appliance.service")
 

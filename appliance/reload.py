@@ -7,9 +7,9 @@ import logging
 from typing import TYPE_CHECKING
 
 from appliance import config as config_mod
-from appliance.classifier import load_model
 from appliance.config import Config, ConfigError
-from appliance.detector import make_detector
+from appliance.seeing.classifier import load_model
+from appliance.seeing.detector import make_detector
 from appliance.vocab import Fault, Kind
 
 if TYPE_CHECKING:

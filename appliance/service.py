@@ -19,21 +19,21 @@ from typing import Any
 
 from appliance import config as config_mod
 from appliance import reload
-from appliance.actuators import DoorController
-from appliance.collect import Collector
 from appliance.config import Config
-from appliance.emitter import Emitter, start_outputs
-from appliance.events import EventLog
-from appliance.keeper import DoorKeeper
+from appliance.deciding.actuators import DoorController
+from appliance.deciding.keeper import DoorKeeper
+from appliance.deciding.policy import Policy
 from appliance.loop import FrameLoop
-from appliance.notify import Notifier
-from appliance.pipeline import Pipeline
-from appliance.policy import Policy
-from appliance.reader import FrameReader
-from appliance.reporter import Reporter
-from appliance.sources import FrameSource, open_source
+from appliance.reporting.collect import Collector
+from appliance.reporting.emitter import Emitter, start_outputs
+from appliance.reporting.events import EventLog
+from appliance.reporting.notify import Notifier
+from appliance.reporting.reporter import Reporter
+from appliance.seeing.pipeline import Pipeline
+from appliance.seeing.reader import FrameReader
+from appliance.seeing.sources import FrameSource, open_source
+from appliance.seeing.watcher import ModelWatcher, forced_push
 from appliance.vocab import Fault, Kind
-from appliance.watcher import ModelWatcher, forced_push
 
 log = logging.getLogger(__name__)
 

@@ -36,7 +36,7 @@ SCENES = REPO.parent / "shared" / "datasets" / "scenes-dev" / "labels.csv"
 
 def label_face_crops(labels_csv: Path, card) -> tuple[np.ndarray, np.ndarray]:
     """RGB crops (N x S x S x 3 uint8) of every labelled face, and their label indices."""
-    from appliance.classifier import crop_faces
+    from appliance.seeing.classifier import crop_faces
     from training.evaluate import label_crops, read_scene_labels
 
     crops: list[np.ndarray] = []
@@ -50,13 +50,13 @@ def label_face_crops(labels_csv: Path, card) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _child(args) -> dict:
-    from appliance.card import card_path_for, load_card
+    from appliance.seeing.card import card_path_for, load_card
 
     card = load_card(card_path_for(args.model))
     crops, labels = label_face_crops(args.scenes, card)
     t0 = time.perf_counter()
     if args.child == "int8":
-        from appliance.classifier import MaskClassifier
+        from appliance.seeing.classifier import MaskClassifier
 
         classifier = MaskClassifier(args.model, args.threads, card)
         path, params = args.model, None

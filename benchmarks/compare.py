@@ -13,6 +13,7 @@ The classic pipeline is the one ../shared/peers/README.md describes: the res10 S
 cropped, resized to 224x224 and classified with the Keras model's predict, one call per frame.
 It needs the [train] extras (TensorFlow and tf-keras); ours needs only the runtime.
 """
+# One benchmark script, kept in one file (longer than the 200-line guide) so that it can be read and run alone.
 
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ STAGES = ("capture", "detect", "classify", "decide")
 
 
 def _files(source: str, limit: int | None) -> list[Path]:
-    from appliance.sources import image_files
+    from appliance.seeing.sources import image_files
 
     files = image_files(source)
     return files[:limit] if limit else files
@@ -44,10 +45,10 @@ def _files(source: str, limit: int | None) -> list[Path]:
 
 def run_ours(files: list[Path], threads: int, model_path: Path | None = None) -> dict:
     from appliance import config
-    from appliance.classifier import load_model
-    from appliance.imaging import read_bgr
-    from appliance.pipeline import Pipeline, label_of
-    from appliance.policy import Policy, Verdict
+    from appliance.deciding.policy import Policy, Verdict
+    from appliance.seeing.classifier import load_model
+    from appliance.seeing.imaging import read_bgr
+    from appliance.seeing.pipeline import Pipeline, label_of
 
     cfg = config.parse({"classifier": {"model": str(model_path)}} if model_path else {}, "<defaults>")
     # The appliance's own pipeline, [classifier] threshold included; its stages are timed one by one below.

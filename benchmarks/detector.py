@@ -6,7 +6,7 @@ scene set.
 
 Each --set is a list of `[detector]` keys (appliance/config.py) applied on top of the defaults; a pair is written
 `a+b`. The photos are detected as `mask-appliance detect` detects still photos (`photo_sides`: one or two looks,
-appliance/detector.py), the camera frames as the door's loop detects frames (`max_side`). For each setting, over
+appliance/seeing/detector.py), the camera frames as the door's loop detects frames (`max_side`). For each setting, over
 the faces whose shorter side is at least --min-size px (32), it prints:
 - detector recall at IoU > 0.5 and > 0.3, overall and by class;
 - with the model (the config's unless --model; none with --detector-only), at IoU > 0.3 and the model's threshold:
@@ -19,6 +19,7 @@ the faces whose shorter side is at least --min-size px (32), it prints:
   this machine.
 Choose on the train or validation part of a set you train on, never on scenes-dev.
 """
+# One benchmark script, kept in one file (longer than the 200-line guide) so that it can be read and run alone.
 
 from __future__ import annotations
 
@@ -78,7 +79,7 @@ def detector_config(overrides: dict):
 def _lores(image):
     import cv2
 
-    from appliance.detector import shrunk
+    from appliance.seeing.detector import shrunk
 
     s = min(LORES[0] / image.shape[1], LORES[1] / image.shape[0], 1.0)
     return image if s == 1.0 else cv2.resize(image, shrunk(image.shape, s), interpolation=cv2.INTER_LINEAR)
@@ -86,9 +87,9 @@ def _lores(image):
 
 def sweep(labels_csv: Path, part: str, settings: list[dict], min_size: int = 32, model=None) -> list[dict]:
     """One row of figures per setting; `model` (a MaskClassifier) adds what the whole pipeline stops."""
-    from appliance.card import LABELS
-    from appliance.detector import make_detector
-    from appliance.imaging import read_bgr
+    from appliance.seeing.card import LABELS
+    from appliance.seeing.detector import make_detector
+    from appliance.seeing.imaging import read_bgr
     from training.evaluate import LOOSE_IOU, match, read_scene_labels, scene_part, score_scenes
 
     labels = scene_part(read_scene_labels(labels_csv), labels_csv, part)
@@ -148,8 +149,8 @@ def time_settings(labels_csv: Path, part: str, settings: list[dict], rounds: int
     """Detection CPU time (this process's, all its threads) per photo and per camera frame for each setting: CPU
     time, not wall time, because other work on a shared machine stretches wall time by up to 2x. Settings run in
     alternating rounds; each keeps the median of its fastest round. With --threads 1 it is also the latency."""
-    from appliance.detector import make_detector
-    from appliance.imaging import read_bgr
+    from appliance.seeing.detector import make_detector
+    from appliance.seeing.imaging import read_bgr
     from training.evaluate import read_scene_labels, scene_part
 
     paths = scene_part(read_scene_labels(labels_csv), labels_csv, part)
@@ -212,7 +213,7 @@ def main() -> int:
     model = None
     if not args.detector_only:
         from appliance import config as config_mod
-        from appliance.classifier import load_model
+        from appliance.seeing.classifier import load_model
 
         model = load_model(args.model or config_mod.parse({}, "<defaults>").classifier.model, args.threads)
     results = sweep(args.scenes, args.part, settings, args.min_size, model)

@@ -17,6 +17,7 @@ threshold).
 
 Writes DIR/curve.json and prints the table. CPU-heavy: one fine-tune per count (a few minutes each).
 """
+# One benchmark script, kept in one file (longer than the 200-line guide) so that it can be read and run alone.
 
 from __future__ import annotations
 
@@ -37,10 +38,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from appliance import config  # noqa: E402
-from appliance.card import LABELS, load_card  # noqa: E402
-from appliance.classifier import MaskClassifier, crop_faces  # noqa: E402
-from appliance.detector import make_detector  # noqa: E402
-from appliance.imaging import read_bgr  # noqa: E402
+from appliance.seeing.card import LABELS, load_card  # noqa: E402
+from appliance.seeing.classifier import MaskClassifier, crop_faces  # noqa: E402
+from appliance.seeing.detector import make_detector  # noqa: E402
+from appliance.seeing.imaging import read_bgr  # noqa: E402
 from training import label, report  # noqa: E402
 from training.evaluate import read_scene_labels  # noqa: E402
 from training.splits import DEFAULT_SEED, split_photos, split_scenes  # noqa: E402
@@ -68,8 +69,8 @@ def door_config(model: Path, state: Path, band: tuple[float, float], max_per_hou
 
 def collect(cfg: config.Config, photos: list[str], still_frames: int = 3) -> dict:
     """The real service over the photos (each a visit of `still_frames` frames), collection on; its status."""
+    from appliance.seeing.sources import ImageSource
     from appliance.service import Service
-    from appliance.sources import ImageSource
 
     service = Service(cfg)
     service.run(ImageSource([Path(p) for p in photos], still_frames=still_frames))

@@ -48,8 +48,8 @@ def one_round(on: bool, tmp: Path, index: int, broker_port: int, frames: int) ->
     from gpiozero.pins.mock import MockFactory
 
     from appliance import config
+    from appliance.seeing.sources import ImageSource
     from appliance.service import Service
-    from appliance.sources import ImageSource
 
     Device.pin_factory = MockFactory()
     table: dict = {"classifier": {"model": str(REPO / "models/mask_classifier.tflite")},

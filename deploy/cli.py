@@ -113,7 +113,7 @@ def act(args: argparse.Namespace) -> int:
 
 
 def _bad_input() -> tuple[type[Exception], ...]:
-    from appliance.card import CardError
+    from appliance.seeing.card import CardError
 
     return CardError, OSError  # the model or its card cannot be read: host failures never reach here
 

@@ -1,4 +1,4 @@
-"""`mask-deploy pull`: the face crops a Pi collected (appliance/collect.py), copied into DIR/<host>/, each checked
+"""`mask-deploy pull`: the face crops a Pi collected (reporting/collect.py), copied into DIR/<host>/, each checked
 against the sha256 computed on the Pi, and only then deleted there. An interrupted pull loses nothing and resumes."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 from deploy import remote
 from deploy.ssh import DeployError, Host, Result, clean
 
-CROP_NAME = re.compile(r"[0-9]{8}T[0-9]{6}-[0-9]{3}-[0-9a-f]{6}\.jpg")  # appliance.collect.NAME
+CROP_NAME = re.compile(r"[0-9]{8}T[0-9]{6}-[0-9]{3}-[0-9a-f]{6}\.jpg")  # appliance.reporting.collect.NAME
 PULL_BATCH = 100  # crops per transfer: an interrupted pull redoes at most one batch
 INDEX = "index.jsonl"
 

@@ -21,8 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from appliance.card import card_path_for, load_card
 from appliance.cliparse import BadInput
+from appliance.seeing.card import card_path_for, load_card
 from deploy import remote
 from deploy.ssh import DeployError, Host, Result, clean
 from deploy.status import wait_for

@@ -1,7 +1,7 @@
 """The few shell steps mask-deploy runs on a Pi over SSH, as POSIX sh with fixed arguments.
 
 The state folder on the Pi is $MASK_APPLIANCE_STATE, else /var/lib/mask-appliance (the service's StateDirectory):
-models in models/, status in status.json, events in events.db, collected face crops in collect/ (appliance/collect.py:
+models in models/, status in status.json, events in events.db, collected face crops in collect/ (reporting/collect.py:
 one JPEG per crop and a line each in index.jsonl).
 
 The models folder holds the live pair (mask_classifier.tflite and .json), the rollback target
@@ -13,6 +13,9 @@ live model leaves it as it was. deploy/ansible/site.yml runs the same steps; kee
 
 A step whose output mask-deploy reads prints MARK first: what a login shell's start-up files print comes before
 it and is ignored.
+
+Longer than this project's 200-line guide on purpose: every step that runs on the Pi (shell, and Python for the Pi's
+own python3) is here, as strings, so that what runs there can be read in one place.
 """
 
 from __future__ import annotations
@@ -153,7 +156,7 @@ STATUS = STATE + (
 
 
 # `mask-deploy pull`: the Pi's own python3 lists, sends and deletes collected crops. Only names a crop can have
-# (appliance.collect.NAME) are ever opened or deleted, whatever is asked; a crop is deleted only when its sha256 on
+# (reporting.collect.NAME) are ever opened or deleted, whatever is asked; a crop is deleted only when its sha256 on
 # the Pi is still the one the laptop verified its copy against.
 _COLLECT_PY = r"""
 import hashlib, json, os, re, sys

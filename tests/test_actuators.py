@@ -8,8 +8,8 @@ import pytest
 from gpiozero import LED, Device, GPIOPinInUse, OutputDevice
 from gpiozero.pins.mock import MockFactory
 
-from appliance.actuators import DoorController, door_state
 from appliance.config import GpioConfig
+from appliance.deciding.actuators import DoorController, door_state
 from appliance.vocab import Decision, Door, Mode
 
 RELAY, BUZZER, GREEN, RED = 17, 27, 22, 23  # GpioConfig's defaults

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 from support.data import REPO, SCENES, SHIPPED
 
-from appliance.classifier import MaskClassifier
+from appliance.seeing.classifier import MaskClassifier
 from training.evaluate import label_crops, read_scene_labels
 
 sys.path.insert(0, str(REPO / "benchmarks"))

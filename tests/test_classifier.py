@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from support.data import SCENES, SHIPPED, scene_images
 
-from appliance.card import CardError, load_card
-from appliance.classifier import MaskClassifier, ModelError, crop_faces
-from appliance.imaging import read_bgr, square_crop
+from appliance.seeing.card import CardError, load_card
+from appliance.seeing.classifier import MaskClassifier, ModelError, crop_faces
+from appliance.seeing.imaging import read_bgr, square_crop
 
 
 def test_square_crop_pads_with_edge_pixels_and_never_stretches():
@@ -93,7 +93,7 @@ def test_garbage_with_a_matching_card_is_refused(tmp_path):
 
 
 def test_a_card_whose_labels_do_not_match_the_model_outputs_is_refused(model_dir):
-    from appliance.card import LABELS
+    from appliance.seeing.card import LABELS
 
     path = model_dir / "mask_classifier.json"
     card = json.loads(path.read_text())
@@ -110,7 +110,7 @@ def test_a_card_whose_labels_do_not_match_the_model_outputs_is_refused(model_dir
 
 
 def test_p_not_properly_masked_is_one_minus_p_with_mask(model_dir):
-    from appliance.classifier import load_model
+    from appliance.seeing.classifier import load_model
 
     model = load_model(model_dir / "mask_classifier.tflite", 2)
     image = read_bgr(scene_images("without_mask", limit=1)[0])

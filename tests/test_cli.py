@@ -12,7 +12,7 @@ import sys
 import cv2
 from support.data import REPO, SCENES, SHIPPED, scene_images
 
-from appliance.card import load_card
+from appliance.seeing.card import load_card
 
 CARD = load_card(SHIPPED.with_suffix(".json"))
 # A 3-class model adds p_incorrect_mask to each face; a 2-class model's faces keep the four fields.

@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 from support.data import SCENES, SHIPPED
 
-from appliance import collect as collect_mod
 from appliance import config
-from appliance.classifier import crop_faces, load_model
-from appliance.collect import INDEX, CollectConfig, Collector
-from appliance.events import EventLog
+from appliance.reporting import collect as collect_mod
+from appliance.reporting.collect import INDEX, CollectConfig, Collector
+from appliance.reporting.events import EventLog
+from appliance.seeing.classifier import crop_faces, load_model
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mounts a real filesystem (CI runs as root)")
 

@@ -89,7 +89,7 @@ def test_rgb_pins_may_reuse_the_led_pins_they_replace():
 
 
 def test_rgb_pins_drive_the_rgb_led_and_leave_the_led_pins_alone(mock_pins):
-    from appliance.actuators import DoorController
+    from appliance.deciding.actuators import DoorController
 
     cfg = config.parse({"gpio": {"rgb_pins": [22, 23, 24]}})
     door = DoorController(cfg.gpio, cfg.policy.mode)

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from support.data import REPO, SHARED, SHIPPED
 
-from appliance import detector as detector_mod
-from appliance.classifier import MaskClassifier
 from appliance.config import DetectorConfig
-from appliance.detector import make_detector, photo_sides
-from appliance.imaging import read_bgr
-from appliance.policy import iou
+from appliance.deciding.policy import iou
+from appliance.seeing import detector as detector_mod
+from appliance.seeing.classifier import MaskClassifier
+from appliance.seeing.detector import make_detector, photo_sides
+from appliance.seeing.imaging import read_bgr
 from training.evaluate import match, read_scene_labels
 
 sys.path.insert(0, str(REPO / "benchmarks"))

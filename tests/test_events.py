@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from appliance import events as events_mod
-from appliance.events import EventLog, StorageError
+from appliance.reporting import events as events_mod
+from appliance.reporting.events import EventLog, StorageError
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mounts a real filesystem (CI runs as root)")
 

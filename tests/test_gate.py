@@ -17,7 +17,7 @@ import pytest
 from support.data import SHARED, SHIPPED
 from support.labelling import make_door
 
-from appliance.classifier import load_model
+from appliance.seeing.classifier import load_model
 from deploy.push import gate_problem
 from training import gate, label
 

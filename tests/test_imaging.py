@@ -21,7 +21,7 @@ from support.data import REPO, scene_images
 from support.images import PEAK_MEMORY, write_big_jpeg, write_zero_png
 
 from appliance.config import SourceConfig
-from appliance.imaging import DEFAULT_MAX_PIXELS, Refused, Skip, read_bgr, read_image
+from appliance.seeing.imaging import DEFAULT_MAX_PIXELS, Refused, Skip, read_bgr, read_image
 
 MB = 2**20
 
@@ -37,7 +37,7 @@ def peak_rss_growth(script: str) -> dict:
     peak_growth() (MB) at hand; it fills the dict `out`, which comes back."""
     prelude = PEAK_MEMORY + textwrap.dedent(f"""
         import json
-        from appliance.imaging import read_image
+        from appliance.seeing.imaging import read_image
         read_image({str(scene_images("with_mask", limit=1)[0])!r})
         out = {{}}
     """)

@@ -168,12 +168,13 @@ def test_new_code_is_reinstalled_and_the_service_restarted(fake, tmp_path):
     root, run = fake
     src = checkout(tmp_path / "checkout")
     run(src=src)
-    (src / "appliance" / "policy.py").write_text((src / "appliance" / "policy.py").read_text() + "\n# changed\n")
+    policy = src / "appliance" / "deciding" / "policy.py"
+    policy.write_text(policy.read_text() + "\n# changed\n")
     out, log = run(src=src)
     assert any(line.startswith("pip install") for line in log)
     assert "systemctl restart mask-appliance" in log
     site = root / "opt/mask-appliance/venv/lib/site-packages"
-    assert (site / "appliance/policy.py").read_text().endswith("# changed\n")
+    assert (site / "appliance/deciding/policy.py").read_text().endswith("# changed\n")
 
 
 def test_a_failed_pip_install_leaves_no_copy_behind_and_is_retried(fake, tmp_path):
@@ -183,7 +184,8 @@ def test_a_failed_pip_install_leaves_no_copy_behind_and_is_retried(fake, tmp_pat
     working = venv_pip.read_text()
     venv_pip.write_text("#!/bin/sh\necho 'pip: no network' >&2\nexit 1\n")  # pip fails: the index is unreachable
     src = checkout(tmp_path / "checkout")
-    (src / "appliance" / "policy.py").write_text((src / "appliance" / "policy.py").read_text() + "\n# changed\n")
+    policy = src / "appliance" / "deciding" / "policy.py"
+    policy.write_text(policy.read_text() + "\n# changed\n")
     err, _ = run(src=src, fails=True)
     assert "pip: no network" in err
     assert not list((root / "opt/mask-appliance").glob("build.*"))

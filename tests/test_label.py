@@ -20,8 +20,8 @@ import pytest
 from support.data import CROPS, REPO, SHIPPED
 from support.labelling import CHROMIUM, make_door
 
-from appliance.classifier import load_model
-from appliance.imaging import pad_to_square
+from appliance.seeing.classifier import load_model
+from appliance.seeing.imaging import pad_to_square
 from training import label
 from training.evaluate import label_crops, read_scene_labels
 from training.splits import split_scenes

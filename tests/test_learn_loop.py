@@ -24,10 +24,11 @@ from support.deploy import deploy, sha_of
 from support.labelling import CHROMIUM
 from support.pi import Pi
 
-from appliance import collect, config, emitter
-from appliance.card import load_card
+from appliance import config
+from appliance.reporting import collect, emitter
+from appliance.seeing.card import load_card
+from appliance.seeing.sources import ImageSource
 from appliance.service import Service
-from appliance.sources import ImageSource
 from deploy import cli as deploy_cli
 from training import label
 from training.cli import main as mask_train

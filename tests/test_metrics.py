@@ -8,8 +8,8 @@ import prometheus_client
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from appliance.events import EventLog
-from appliance.metrics import STAGE_BUCKETS, Metrics, is_recovery
+from appliance.reporting.events import EventLog
+from appliance.reporting.metrics import STAGE_BUCKETS, Metrics, is_recovery
 from appliance.vocab import Fault, Kind, Recovery
 
 SHA = "ab" * 32

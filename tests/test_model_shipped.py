@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from support.data import SHARED, SHIPPED
 
-from appliance.card import load_card
-from appliance.classifier import load_model
+from appliance.seeing.card import load_card
+from appliance.seeing.classifier import load_model
 from training.evaluate import labelled_box_scores, read_scene_labels, scene_part
 
 ILC = SHARED / "datasets" / "scenes-ilc" / "labels.csv"

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from support.data import CROPS, SHARED, WEIGHTS_100
 
-from appliance.card import LABELS, load_card
-from appliance.classifier import MaskClassifier, load_model
-from appliance.imaging import read_bgr
+from appliance.seeing.card import LABELS, load_card
+from appliance.seeing.classifier import MaskClassifier, load_model
+from appliance.seeing.imaging import read_bgr
 
 ILC = SHARED / "datasets" / "scenes-ilc"
 
@@ -89,9 +89,9 @@ def test_a_three_class_model_gives_not_properly_masked_and_incorrect(trained3):
 
 def test_the_pipeline_reports_p_incorrect_mask_for_a_three_class_model(trained3, sources):
     from appliance import config as config_mod
-    from appliance.detector import make_detector
-    from appliance.pipeline import Pipeline
-    from appliance.sources import Frame
+    from appliance.seeing.detector import make_detector
+    from appliance.seeing.pipeline import Pipeline
+    from appliance.seeing.sources import Frame
 
     out, _ = trained3
     cfg = config_mod.parse({}, "<defaults>")

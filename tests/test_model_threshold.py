@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from appliance.card import LABELS
-from appliance.pipeline import label_of
+from appliance.seeing.card import LABELS
+from appliance.seeing.pipeline import label_of
 from training import report
 
 W, U, INC = (LABELS.index(n) for n in ("with_mask", "without_mask", "incorrect_mask"))

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from support.data import REPO
 
-from appliance.metrics import Metrics
+from appliance.reporting.metrics import Metrics
 
 MONITORING = REPO / "deploy" / "monitoring"
 PROMTOOL = shutil.which("promtool")

@@ -26,12 +26,13 @@ from support.data import REPO, scene_images
 from support.sources import PacedScenes
 from support.wait import wait_for as _wait_for
 
-from appliance import config, mqtt
+from appliance import config
 from appliance.config import ConfigError
-from appliance.events import EventLog
-from appliance.mqtt_discovery import Topics, discovery, slug
-from appliance.mqtt_events import event_payload
-from appliance.mqtt_state import DoorState
+from appliance.reporting import mqtt
+from appliance.reporting.events import EventLog
+from appliance.reporting.mqtt_discovery import Topics, discovery, slug
+from appliance.reporting.mqtt_events import event_payload
+from appliance.reporting.mqtt_state import DoorState
 from appliance.vocab import Decision, Door, Fault, Kind, Recovery
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
@@ -553,7 +554,7 @@ def test_wrong_password_is_a_logged_fault_not_a_crash(tmp_path, caplog):
     (tmp_path / "pw-wrong").write_text("wrong-secret\n")
     (tmp_path / "pw-right").write_text("right-secret\n")
     try:
-        with caplog.at_level(logging.WARNING, logger="appliance.mqtt"):
+        with caplog.at_level(logging.WARNING, logger="appliance.reporting.mqtt"):
             out, log = make(b.port, tmp_path, username="door", password_file=tmp_path / "pw-wrong")
             record = feed(log, [out])
             rows = wait_for(lambda: sqlite3.connect(log.path).execute(
@@ -577,7 +578,7 @@ def test_wrong_password_is_a_logged_fault_not_a_crash(tmp_path, caplog):
 
 def test_last_will_says_offline_when_the_appliance_dies(broker, tmp_path):
     sub = Subscriber(broker.port)
-    code = ("import sys, time; from appliance import mqtt; from appliance.events import EventLog; "
+    code = ("import sys, time; from appliance.reporting import mqtt; from appliance.reporting.events import EventLog; "
             f"o = mqtt.from_config(mqtt.MqttConfig(host='127.0.0.1', port={broker.port}), "
             f"EventLog({str(tmp_path / 'e.db')!r}), hostname='door-9'); time.sleep(60)")
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env={**os.environ})

@@ -9,11 +9,11 @@ import pytest
 from support.data import SHIPPED, scene_images
 
 from appliance import config as config_mod
-from appliance.classifier import MaskClassifier, ModelError
-from appliance.detector import SSDDetector, YuNetDetector
-from appliance.imaging import read_bgr
-from appliance.pipeline import Pipeline
-from appliance.sources import Frame
+from appliance.seeing.classifier import MaskClassifier, ModelError
+from appliance.seeing.detector import SSDDetector, YuNetDetector
+from appliance.seeing.imaging import read_bgr
+from appliance.seeing.pipeline import Pipeline
+from appliance.seeing.sources import Frame
 
 
 def _cfg(**sections) -> config_mod.Config:

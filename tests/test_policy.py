@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from appliance.config import PolicyConfig
-from appliance.detector import Face
-from appliance.pipeline import FaceResult
-from appliance.policy import ALLOW, DENY, IDLE, INCORRECT, MASKED, UNMASKED, Policy, Verdict
+from appliance.deciding.policy import ALLOW, DENY, IDLE, INCORRECT, MASKED, UNMASKED, Policy, Verdict
+from appliance.seeing.detector import Face
+from appliance.seeing.pipeline import FaceResult
 
 A = (100.0, 100.0, 200.0, 220.0)  # one person, 100 px: a full-weight vote under the defaults
 B = (400.0, 100.0, 500.0, 220.0)  # another, far from A

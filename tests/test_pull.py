@@ -18,9 +18,9 @@ from support.data import SCENES, SHIPPED
 from support.deploy import DEPLOY_GROUP, deploy, sha_of, ungated
 
 from appliance import config
-from appliance.classifier import crop_faces, load_model
-from appliance.collect import CollectConfig, Collector
-from appliance.events import EventLog
+from appliance.reporting.collect import CollectConfig, Collector
+from appliance.reporting.events import EventLog
+from appliance.seeing.classifier import crop_faces, load_model
 from deploy import cli, pull, push
 
 

@@ -19,8 +19,8 @@ from support.service import BUZZER, GREEN, RED, RELAY, events, make_service, run
 from support.wait import wait_for
 
 from appliance import config
+from appliance.seeing.sources import Frame, ImageSource
 from appliance.service import Service
-from appliance.sources import Frame, ImageSource
 
 
 def test_an_unmasked_scene_locks_the_door_and_sounds_the_buzzer(model_dir, tmp_path):
@@ -206,7 +206,7 @@ def _quiet_state(state_dir):
 
 
 def test_stop_ends_a_service_whose_stream_is_lost(model_dir, tmp_path):
-    from appliance.sources import VideoSource
+    from appliance.seeing.sources import VideoSource
 
     service = make_service(model_dir, tmp_path, source={"reconnect_min": 0.05, "reconnect_max": 0.2})
     thread = run_in_background(service, VideoSource("rtsp://127.0.0.1:9/none", service.cfg.source))

@@ -22,8 +22,8 @@ from support.service import BUZZER, RELAY, events, make_service, run_in_backgrou
 from support.wait import wait_for
 
 from appliance import config
+from appliance.seeing.sources import Frame, ImageSource
 from appliance.service import Service
-from appliance.sources import Frame, ImageSource
 
 
 @pytest.fixture(autouse=True)
@@ -238,16 +238,16 @@ class NotifyListener:
     reading thread may be late on a busy machine)."""
 
     def __init__(self, path: Path, monkeypatch):
-        import appliance.notify
+        import appliance.reporting.notify
 
-        real = appliance.notify._send
+        real = appliance.reporting.notify._send
         self.sent: list[tuple[float, str]] = []
 
         def send(message: str) -> bool:
             self.sent.append((time.monotonic(), message))
             return real(message)
 
-        monkeypatch.setattr(appliance.notify, "_send", send)
+        monkeypatch.setattr(appliance.reporting.notify, "_send", send)
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(str(path))
         self.sock.settimeout(0.2)
@@ -349,7 +349,7 @@ def test_sigterm_does_not_wait_for_a_hung_read(model_dir, tmp_path):
 def test_any_exception_in_the_loop_is_one_console_line_and_a_logged_traceback(model_dir, tmp_path, monkeypatch,
                                                                              capsys, caplog, error):
     from appliance.cli import main
-    from appliance.pipeline import Pipeline
+    from appliance.seeing.pipeline import Pipeline
 
     path = _config_file(model_dir, tmp_path)
     real_run, calls = Pipeline.run, []

@@ -15,9 +15,9 @@ from support.images import PEAK_MEMORY, write_big_jpeg, write_zero_png
 from support.service import events, make_service
 
 from appliance.config import DetectorConfig, SourceConfig
-from appliance.detector import make_detector
-from appliance.pipeline import Pipeline
-from appliance.sources import VISIT_GAP, Backoff, VideoFileSource, VideoSource, open_source
+from appliance.seeing.detector import make_detector
+from appliance.seeing.pipeline import Pipeline
+from appliance.seeing.sources import VISIT_GAP, Backoff, VideoFileSource, VideoSource, open_source
 
 
 def test_an_image_folder_shows_each_image_as_a_separate_visit(tmp_path):
@@ -159,7 +159,7 @@ class FakePicamera2:
 
 def test_picamera2_detects_on_lores_and_crops_from_main(monkeypatch):
     monkeypatch.setitem(sys.modules, "picamera2", types.SimpleNamespace(Picamera2=FakePicamera2))
-    from appliance.classifier import MaskClassifier
+    from appliance.seeing.classifier import MaskClassifier
 
     cfg = SourceConfig(main_size=(1280, 960), lores_size=(320, 240))
     source = open_source(cfg, "picamera2")
@@ -176,7 +176,7 @@ def test_picamera2_detects_on_lores_and_crops_from_main(monkeypatch):
 
 def test_picamera2_streams_are_aligned_as_picamera2_requires(monkeypatch, caplog):
     monkeypatch.setitem(sys.modules, "picamera2", types.SimpleNamespace(Picamera2=FakePicamera2))
-    caplog.set_level("INFO", logger="appliance.sources")
+    caplog.set_level("INFO", logger="appliance.seeing.sources")
     source = open_source(SourceConfig(lores_size=(480, 360)), "picamera2")  # the default before 512x384
     camera = FakePicamera2.instances[-1]
     assert camera.config["main"]["size"] == (1280, 960)
@@ -188,8 +188,8 @@ def test_picamera2_streams_are_aligned_as_picamera2_requires(monkeypatch, caplog
 
 
 def test_the_ssd_detector_finds_the_faces_yunet_finds():
-    from appliance.imaging import read_bgr
-    from appliance.policy import iou
+    from appliance.deciding.policy import iou
+    from appliance.seeing.imaging import read_bgr
 
     image = read_bgr(scene_images("without_mask", limit=1)[0])
     ssd = make_detector(DetectorConfig(kind="ssd", score_threshold=0.5)).detect(image)
@@ -203,7 +203,7 @@ def test_a_stream_that_accepts_and_never_answers_is_given_up_on_within_the_open_
     """A hung network camera: the connection is accepted, then nothing. OpenCV would wait 30 s by default."""
     import socket
 
-    from appliance import sources
+    from appliance.seeing import sources
 
     monkeypatch.setattr(sources, "OPEN_TIMEOUT_MS", 500)
     monkeypatch.setattr(sources, "READ_TIMEOUT_MS", 500)
@@ -226,8 +226,8 @@ def test_a_stream_that_accepts_and_never_answers_is_given_up_on_within_the_open_
 @pytest.mark.parametrize("shape", [(4, 4000, 3), (4000, 4, 3), (1, 1, 3)])
 def test_frames_of_extreme_shapes_are_detected_on_not_crashed_on(shape):
     """A 4000x4 frame used to shrink to 480x0, and OpenCV raised inside detect()."""
-    from appliance.classifier import MaskClassifier
-    from appliance.sources import Frame
+    from appliance.seeing.classifier import MaskClassifier
+    from appliance.seeing.sources import Frame
 
     pipeline = Pipeline(make_detector(DetectorConfig()), MaskClassifier(SHIPPED))
     assert pipeline.run(Frame(np.full(shape, 128, np.uint8), 0.0, 0)) == []
@@ -236,8 +236,8 @@ def test_frames_of_extreme_shapes_are_detected_on_not_crashed_on(shape):
 def test_an_image_that_cannot_be_read_is_skipped_and_counted(tmp_path):
     import os
 
-    from appliance.imaging import read_bgr
-    from appliance.sources import ImageSource
+    from appliance.seeing.imaging import read_bgr
+    from appliance.seeing.sources import ImageSource
 
     good = scene_images("with_mask", limit=1)[0]
     locked = tmp_path / "locked.jpg"
@@ -277,8 +277,8 @@ def test_an_image_folder_refuses_images_over_max_pixels_from_their_headers_and_l
 import json, logging, sys, time
 logging.basicConfig(level=logging.DEBUG, stream=sys.stderr, format="%(levelname)s %(message)s")
 from appliance.config import SourceConfig
-from appliance.imaging import read_image
-from appliance.sources import open_source
+from appliance.seeing.imaging import read_image
+from appliance.seeing.sources import open_source
 read_image({str(photo)!r})  # the decoders' own memory goes into the baseline
 reset_peak()
 source = open_source(SourceConfig(still_frames=2), {str(tmp_path)!r})
@@ -305,7 +305,7 @@ print(json.dumps({{"names": names, "skipped": source.skipped, "skips": source.sk
 
 
 def test_a_video_whose_frames_are_over_max_pixels_is_refused_at_open_and_the_next_one_plays(tmp_path, caplog):
-    caplog.set_level("DEBUG", logger="appliance.sources")
+    caplog.set_level("DEBUG", logger="appliance.seeing.sources")
     write_video(tmp_path / "a.avi", frames=3, size=(320, 240))  # 76,800 pixels
     write_video(tmp_path / "b.avi", frames=4, size=(160, 120))
     write_video(tmp_path / "c.avi", frames=3, size=(640, 480))
@@ -354,7 +354,7 @@ def test_a_stream_over_max_pixels_is_refused_at_open_logged_once_and_retried_wit
 def test_frames_over_max_pixels_from_a_stream_that_did_not_say_its_size_are_not_passed_on(tmp_path, monkeypatch,
                                                                                             caplog):
     """Some backends report 0x0 until the first frame, and a stream may change its size: each frame is checked."""
-    from appliance import sources
+    from appliance.seeing import sources
 
     monkeypatch.setattr(sources, "frame_too_large", lambda cap, name, max_pixels: None)  # a size unknown at open
     path = write_video(tmp_path / "cam.avi", frames=5)

@@ -10,8 +10,8 @@ import pytest
 from support.data import SHIPPED, WEIGHTS_100
 
 from appliance.assets import sha256_of
-from appliance.card import LABELS, load_card
-from appliance.classifier import MaskClassifier
+from appliance.seeing.card import LABELS, load_card
+from appliance.seeing.classifier import MaskClassifier
 from training.data import DataError, class_weights, list_crops, load_crops, stratified_split
 
 
@@ -292,16 +292,16 @@ def test_init_and_weight_mistakes_are_one_line(tmp_path, small_crops, capsys):
     from training.cli import main
 
     base = ["train", str(small_crops), "--out", str(tmp_path), "--input-size", "32"]
-    assert main([*base, "--init", str(tmp_path / "none.tflite")]) == 1
+    assert main([*base, "--init", str(tmp_path / "none.tflite")]) == 2  # bad input
     assert capsys.readouterr().err.strip() == f"mask-train: --init {tmp_path / 'none.tflite'}: no such file (give " \
                                               "the door's .tflite, its card beside it, or a model.keras)"
-    assert main([*base, "--weight", "shop-1"]) == 1
+    assert main([*base, "--weight", "shop-1"]) == 2  # bad input
     assert capsys.readouterr().err.strip() == "mask-train: --weight shop-1: not SOURCE=WEIGHT (e.g. shop-1=5)"
-    assert main([*base, "--init", str(SHIPPED), "--classes", "2"]) == 1
+    assert main([*base, "--init", str(SHIPPED), "--classes", "2"]) == 2  # bad input
     assert capsys.readouterr().err.strip().endswith("mask_classifier.tflite: it has 3 classes, not --classes 2")
-    assert main([*base, "--threshold-scenes", str(tmp_path / "none.csv")]) == 1
+    assert main([*base, "--threshold-scenes", str(tmp_path / "none.csv")]) == 2  # bad input
     assert capsys.readouterr().err.strip() == f"mask-train: --threshold-scenes {tmp_path / 'none.csv'}: scene " \
                                               "labels not found"
     (tmp_path / "notes.txt").write_text("x")
-    assert main([*base, "--init", str(tmp_path / "notes.txt")]) == 1
+    assert main([*base, "--init", str(tmp_path / "notes.txt")]) == 2  # bad input
     assert capsys.readouterr().err.strip().endswith("notes.txt: not a .tflite or .keras file")

@@ -12,7 +12,7 @@ import pytest
 from support.data import SCENES, scene_images
 
 from appliance.config import PolicyConfig
-from appliance.policy import Policy, Verdict
+from appliance.deciding.policy import Policy, Verdict
 from training import visits
 
 

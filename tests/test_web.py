@@ -19,11 +19,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from support.data import REPO, scene_images
 from support.sources import PacedScenes
 
-from appliance import config, web, web_http, web_page
+from appliance import config
 from appliance.config import ConfigError
-from appliance.events import EventLog
+from appliance.reporting import web, web_http, web_page
+from appliance.reporting.events import EventLog
+from appliance.reporting.web_view import StatusView
 from appliance.vocab import Door, Fault, Kind, Recovery
-from appliance.web_view import StatusView
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SHA = "3f" * 32
@@ -121,11 +122,11 @@ def csp_hash(text: str) -> str:
 
 
 def test_the_page_is_package_data_pinned_by_its_csp():
-    """The page is appliance/static/status.html as shipped; the CSP names the hash of its one script and its one
+    """The page is reporting/static/status.html as shipped; the CSP names the hash of its one script and its one
     style (cut out here by plain string search, not by the server's parser) and nothing else may run."""
     from importlib import resources
 
-    page = (resources.files("appliance") / "static" / "status.html").read_bytes()
+    page = (resources.files("appliance.reporting") / "static" / "status.html").read_bytes()
     served, csp = web_page.load_page()
     assert page.replace(b"\r\n", b"\n") == served and b'id="door"' in page
     text = page.decode()

@@ -135,9 +135,9 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _bad_input() -> tuple[type[BaseException], ...]:
-    from appliance.card import CardError
-    from appliance.classifier import ModelError
     from appliance.config import ConfigError
+    from appliance.seeing.card import CardError
+    from appliance.seeing.classifier import ModelError
 
     return (ConfigError, CardError, ModelError, FileNotFoundError, ValueError)
 

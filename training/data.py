@@ -11,8 +11,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from appliance.card import LABELS, LABELS_2, Crop
-from appliance.imaging import IMAGE_SUFFIXES, pad_to_square, read_bgr
+from appliance.seeing.card import LABELS, LABELS_2, Crop
+from appliance.seeing.imaging import IMAGE_SUFFIXES, pad_to_square, read_bgr
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ def load_crops(root: Path, size: int) -> CropSet:
 def load_scene_crops(labels_csv: Path, photos: list[str], size: int, crop: Crop) -> CropSet:
     """Every labelled face of `photos` (paths as split_scenes gives them) cut from its labelled box exactly as the
     appliance cuts a detected box (the card's crop), RGB. `paths` name the photo and the box."""
-    from appliance.classifier import crop_faces
+    from appliance.seeing.classifier import crop_faces
     from training.evaluate import read_scene_labels
 
     by_image = read_scene_labels(labels_csv)

@@ -3,6 +3,9 @@
 Scene scoring follows published work: a detected face matches a labelled one when IoU > 0.5 (one to one, best
 overlap first); we report detector recall, accuracy on matched faces, TNR (share of unmasked faces caught) and FNR
 (share of masked faces wrongly flagged), for all faces and for faces whose shorter side is >= 32 and >= 64 px.
+
+Longer than this project's 200-line guide: matching, scoring and printing are one evaluation report; split, the
+report would be scattered.
 """
 
 from __future__ import annotations
@@ -17,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from appliance.card import LABELS
-from appliance.imaging import read_bgr
-from appliance.policy import iou
+from appliance.deciding.policy import iou
+from appliance.seeing.card import LABELS
+from appliance.seeing.imaging import read_bgr
 from training import report
 
 log = logging.getLogger(__name__)
@@ -191,7 +194,7 @@ def labelled_box_scores(model, labels: dict[str, list[LabelledFace]], threshold:
 
 
 def appliance_predictor(pipeline) -> ScenePredictor:
-    from appliance.sources import Frame
+    from appliance.seeing.sources import Frame
 
     def predict(image):
         return [(r.face.box, r.p_without_mask) for r in pipeline.run(Frame(image, 0.0, 0))]
@@ -249,8 +252,8 @@ def evaluate(model_path: Path, crops: Path | None = None, scenes: Path | None = 
     `threshold` (unset: `[classifier] threshold` of `config`, else the card's); print the tables, write
     evaluation.json and roc.png into `out`, and return the results."""
     from appliance import config as config_mod
-    from appliance.classifier import load_model
-    from appliance.pipeline import Pipeline
+    from appliance.seeing.classifier import load_model
+    from appliance.seeing.pipeline import Pipeline
     from training.data import load_crops
 
     if not crops and not scenes:

@@ -1,4 +1,8 @@
-"""Keras model -> full-integer int8 TFLite (calibrated on real crops), a parity gate, and the model card."""
+"""Keras model -> full-integer int8 TFLite (calibrated on real crops), a parity gate, and the model card.
+
+Longer than this project's 200-line guide: export, the parity check and the int8-to-float recovery share the same
+quantization details.
+"""
 
 from __future__ import annotations
 
@@ -13,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from appliance.card import LABELS, LABELS_2, MASKED, Crop, ModelCard, Quant, Tensor, card_path_for
-from appliance.classifier import MaskClassifier
+from appliance.seeing.card import LABELS, LABELS_2, MASKED, Crop, ModelCard, Quant, Tensor, card_path_for
+from appliance.seeing.classifier import MaskClassifier
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +77,7 @@ def convert(model, representative: np.ndarray, io_dtype: str = "int8", float16: 
 
 
 def _io_tensors(tflite_path: Path) -> tuple[Tensor, Tensor]:
-    from appliance.classifier import interpreter_class
+    from appliance.seeing.classifier import interpreter_class
 
     interp = interpreter_class()(model_path=str(tflite_path))
     details = [interp.get_input_details()[0], interp.get_output_details()[0]]
@@ -196,7 +200,7 @@ def keras_from_tflite(model_path: Path, base_weights: str | None = None, alpha: 
     import keras
     import tensorflow as tf
 
-    from appliance.card import load_card
+    from appliance.seeing.card import load_card
     from training.model import build_model
 
     model_path = Path(model_path)

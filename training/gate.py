@@ -1,6 +1,6 @@
 """`mask-train gate NEW --baseline OLD`: may NEW replace OLD at the door? The verdict goes into NEW's card.
 
-Both int8 models are scored the way the appliance runs them (appliance.classifier, each at its own card's
+Both int8 models are scored the way the appliance runs them (appliance.seeing.classifier, each at its own card's
 threshold) on faces cut from labelled boxes (as `mask-train evaluate` does), on fixed validation parts only:
 
 - the by-photo validation part (training.splits) of each shared scene set (`--scenes`, e.g. scenes-ilc), and
@@ -23,8 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from appliance.card import card_path_for
-from appliance.classifier import MaskClassifier, load_model
+from appliance.seeing.card import card_path_for
+from appliance.seeing.classifier import MaskClassifier, load_model
 from training import report
 from training.evaluate import label_crops, read_scene_labels, scene_part
 

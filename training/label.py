@@ -12,6 +12,9 @@ What it writes, in DIR:
   takes it as one more scene source (split by photo, its validation part held back), `mask-train gate` scores
   the held-back part;
 - .label-state.json: every decision (skips too) and their order, for undo and resume.
+
+Longer than this project's 200-line guide: the page's server, its saved state and its undo are one small
+application.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from urllib.parse import parse_qs, urlparse
 
 import cv2
 
-from appliance.card import LABELS, Crop
+from appliance.seeing.card import LABELS, Crop
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from appliance.card import LABELS
+from appliance.seeing.card import LABELS
 
 
 def resolve_base_weights(base_weights: str) -> str:

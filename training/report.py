@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from appliance.card import LABELS
+from appliance.seeing.card import LABELS
 
 MASKED, UNMASKED, INCORRECT = (LABELS.index(n) for n in ("with_mask", "without_mask", "incorrect_mask"))
 MIN_TNR = 0.97  # the door's rule: catch at least 97% of unmasked faces, then stop as few masked ones as possible
@@ -93,7 +93,7 @@ def print_table(rows: list[dict], keys=("threshold", "accuracy", "tnr", "fnr", "
 
 def save_json(path: Path, data) -> None:
     """Strict JSON: rates over no faces (NaN) are written as null."""
-    from appliance.card import finite
+    from appliance.seeing.card import finite
 
     Path(path).write_text(json.dumps(finite(data), indent=2, allow_nan=False) + "\n")
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from appliance.imaging import read_bgr
+from appliance.seeing.imaging import read_bgr
 
 NEAR_BITS = 6  # of 64: re-encodes and resizes stay within 3-4 bits; unrelated photos sit around 32
 DEFAULT_SEED = 20261130

@@ -1,4 +1,8 @@
-"""The training run, in the order the recipe reads: data sources, model, fit, fine-tune, threshold, export."""
+"""The training run, in the order the recipe reads: data sources, model, fit, fine-tune, threshold, export.
+
+Longer than this project's 200-line guide on purpose: the recipe reads top to bottom as the Keras examples do
+(sources, datasets, fit, --init, export and card), one run in one place.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from appliance.card import LABELS, Crop
-from appliance.classifier import MaskClassifier
+from appliance.seeing.card import LABELS, Crop
+from appliance.seeing.classifier import MaskClassifier
 from training import label, report
 from training.augment import batches
 from training.data import (
@@ -337,7 +341,7 @@ def start_from(cfg: TrainConfig) -> Init:
     the int8 model's own weights put back (training.export.keras_from_tflite)."""
     import keras
 
-    from appliance.card import card_path_for, load_card
+    from appliance.seeing.card import card_path_for, load_card
     from training.export import keras_from_tflite
 
     path = Path(str(cfg.init))

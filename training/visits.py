@@ -11,6 +11,9 @@ Reported per kind of visit: visits denied, masked visits wrongly denied, time to
 with an `allow` before a `deny`, deny decisions per visit, and beside them the same faces on their still photo.
 
     python -m training.visits ../shared/datasets/scenes-ilc/labels.csv --split val --max-visits 40
+
+Longer than this project's 200-line guide: making, rendering, judging and reporting visits are one tool with one
+seeded story.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from appliance.policy import ALLOW, DENY, Policy, Verdict, iou
+from appliance.deciding.policy import ALLOW, DENY, Policy, Verdict, iou
 from appliance.vocab import Decision
 
 log = logging.getLogger(__name__)
@@ -162,7 +165,7 @@ class Render:
 def render(visit: Visit, r: Render, cache: dict[str, np.ndarray] | None = None
            ) -> Iterator[tuple[float, np.ndarray, list[Box]]]:
     """The visit's frames: (video time, BGR frame, each person's labelled face box in the frame)."""
-    from appliance.imaging import read_bgr
+    from appliance.seeing.imaging import read_bgr
 
     rng = np.random.default_rng(visit.seed)
     W, H = r.size  # noqa: N806
@@ -235,8 +238,8 @@ def judge(visit: Visit, frames: list[tuple[float, list[Verdict]]], policy: Polic
 
 def still_figures(faces: list[SourceFace], pipeline) -> dict[str, dict[str, float]]:
     """Each source face on its own still photo: found (IoU > 0.3 with a detection), and flagged (not with_mask)."""
-    from appliance.imaging import read_bgr
-    from appliance.sources import Frame
+    from appliance.seeing.imaging import read_bgr
+    from appliance.seeing.sources import Frame
 
     out: dict[str, dict[str, float]] = {}
     by_image: dict[str, list[SourceFace]] = defaultdict(list)
@@ -366,9 +369,9 @@ def _run(args: argparse.Namespace) -> int:
         if args.labels is None:
             print("visits: give a labels.csv, or --replay FILE", file=sys.stderr)
             return 2
-        from appliance.classifier import load_model
-        from appliance.pipeline import Pipeline
-        from appliance.sources import Frame
+        from appliance.seeing.classifier import load_model
+        from appliance.seeing.pipeline import Pipeline
+        from appliance.seeing.sources import Frame
         from training.splits import split_scenes
 
         labels = read_labels(args.labels)

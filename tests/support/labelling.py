@@ -8,7 +8,7 @@ from pathlib import Path
 
 import cv2
 
-from appliance.classifier import crop_faces, load_model
+from appliance.seeing.classifier import crop_faces, load_model
 from support.data import SCENES, SHIPPED
 
 CHROMIUM = "/usr/bin/chromium"

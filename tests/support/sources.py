@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from appliance.sources import Frame, ImageSource
+from appliance.seeing.sources import Frame, ImageSource
 
 
 class PacedImageSource(ImageSource):

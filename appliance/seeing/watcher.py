@@ -16,12 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from appliance.card import card_path_for
-from appliance.classifier import MaskClassifier, load_model
+from appliance.seeing.card import card_path_for
+from appliance.seeing.classifier import MaskClassifier, load_model
 from appliance.vocab import Fault, Kind
 
 if TYPE_CHECKING:
-    from appliance.pipeline import Pipeline
+    from appliance.seeing.pipeline import Pipeline
 
 log = logging.getLogger("appliance.service")
 

@@ -15,8 +15,8 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
-from appliance import events as events_mod
-from appliance.metrics import is_recovery
+from appliance.reporting import events as events_mod
+from appliance.reporting.metrics import is_recovery
 from appliance.vocab import Decision, Fault, Kind, Recovery
 
 RECENT = 12  # decisions shown on the page

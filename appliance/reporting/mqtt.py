@@ -1,7 +1,7 @@
 """MQTT output: availability, state and events on a broker, with Home Assistant discovery (paho-mqtt 2.x).
 
-An event-log output (see appliance.events): `on_record`, `on_status` and `on_frame` run on the event writer thread
-and only put work on a bounded queue. A worker thread of ours turns that into publishes (appliance.mqtt_publish), and
+An event-log output (see events.py): `on_record`, `on_status` and `on_frame` run on the event writer thread
+and only put work on a bounded queue. A worker thread of ours turns that into publishes (mqtt_publish.py), and
 paho's own network thread (`loop_start`) talks to the broker, reconnecting with back-off. So a broker that is down,
 slow or refuses the login costs the frame loop nothing. This module is the connection: the paho client, its
 callbacks, outages recorded once as faults, start and stop. The parts: mqtt_publish (the worker), mqtt_events (ids,
@@ -10,6 +10,8 @@ acknowledgements, the backlog), mqtt_state (the state payload), mqtt_discovery (
 Topics under `topic_prefix`: `availability` (online/offline, retained, the last will), `state` (retained JSON, on
 every change and at least every 30 s), `event` (QoS 1, one JSON per decision, fault, recovery, model swap and
 config reload). Home Assistant discovery is sent again whenever `<discovery_prefix>/status` says online.
+
+A little over this project's 200-line guide: the client's callbacks and its outage accounting belong together.
 """
 
 from __future__ import annotations
@@ -26,12 +28,12 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
 from appliance import __version__
-from appliance import events as events_mod
 from appliance.config import ConfigError, MqttConfig
-from appliance.mqtt_discovery import AVAILABLE, NOT_AVAILABLE, Topics, discovery, slug
-from appliance.mqtt_events import EVENT_KINDS
-from appliance.mqtt_publish import Publisher
-from appliance.mqtt_state import DoorState
+from appliance.reporting import events as events_mod
+from appliance.reporting.mqtt_discovery import AVAILABLE, NOT_AVAILABLE, Topics, discovery, slug
+from appliance.reporting.mqtt_events import EVENT_KINDS
+from appliance.reporting.mqtt_publish import Publisher
+from appliance.reporting.mqtt_state import DoorState
 from appliance.vocab import Fault, Kind
 
 __all__ = ["EVENT_KINDS", "MqttConfig", "MqttOutput", "check", "from_config"]
@@ -64,7 +66,7 @@ def check_files(cfg: MqttConfig, origin: str) -> None:
             raise ConfigError(f"{origin}: [mqtt] {key} = '{path}' does not exist")
 
 
-_PAHO_LOG = logging.getLogger("appliance.mqtt.paho")
+_PAHO_LOG = logging.getLogger("appliance.reporting.mqtt.paho")
 # paho logs "Client is not connected" as an error each time its loop runs without a socket (a broker away, a
 # disconnect at stop); our own outage line already says so once.
 _PAHO_LOG.addFilter(lambda record: not record.getMessage().startswith("Client is not connected"))

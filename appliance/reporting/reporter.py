@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from appliance.notify import Notifier
+from appliance.reporting.notify import Notifier
 
 
 class Reporter:

@@ -2,7 +2,7 @@
 
 The server guards itself: a socket timeout drops slow clients, a cap on open connections turns a flood away, bad
 requests get a 4xx and nothing a client sends can make it print a traceback. Everything is read-only (GET, HEAD).
-The page and its Content-Security-Policy come from appliance.web_page, through the StatusServer.
+The page and its Content-Security-Policy come from appliance.reporting.web_page, through the StatusServer.
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
-from appliance.metrics import CONTENT_TYPE
+from appliance.reporting.metrics import CONTENT_TYPE
 
 if TYPE_CHECKING:
-    from appliance.web import StatusServer
+    from appliance.reporting.web import StatusServer
 
-log = logging.getLogger("appliance.web")
+log = logging.getLogger("appliance.reporting.web")
 
 MAX_CONNECTIONS = 32  # open connections at once; more are closed at once (a Pi has little memory for threads)
 CLIENT_TIMEOUT = 10.0  # seconds a client may take to send its request or read the answer

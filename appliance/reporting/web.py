@@ -1,11 +1,11 @@
 """One small HTTP server: Prometheus metrics, status.json and a live, read-only status page for the shop.
 
-An event-log output (see appliance.events): `on_record`, `on_status` and `on_frame` update a small in-memory view
+An event-log output (see events.py): `on_record`, `on_status` and `on_frame` update a small in-memory view
 under a lock and return. The server runs in threads of its own (stdlib ThreadingHTTPServer), never touches the frame
-loop, and guards itself (appliance.web_http). This module is the output and its life: built from `[http]`, started,
-closed. What the page shows is appliance.web_view; the page itself is appliance/static/status.html.
+loop, and guards itself (web_http.py). This module is the output and its life: built from `[http]`, started,
+closed. What the page shows is web_view.py; the page itself is static/status.html.
 
-GET /metrics      Prometheus text format (appliance.metrics; a registry of our own)
+GET /metrics      Prometheus text format (appliance.reporting.metrics; a registry of our own)
 GET /status.json  what status.json holds
 GET /             the page: door state in large type and colour, today's counts, the last decisions, fps, camera
                   and model; it polls /view.json every second, with no reload. No face image unless
@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from appliance.config import ConfigError, HttpConfig
-from appliance.metrics import Metrics
-from appliance.web_http import MAX_CONNECTIONS, Handler, Server
-from appliance.web_page import load_page
-from appliance.web_view import Snapshot, StatusView
+from appliance.reporting.metrics import Metrics
+from appliance.reporting.web_http import MAX_CONNECTIONS, Handler, Server
+from appliance.reporting.web_page import load_page
+from appliance.reporting.web_view import Snapshot, StatusView
 
 __all__ = ["MAX_CONNECTIONS", "Handler", "HttpConfig", "StatusServer", "check", "from_config", "parse_listen"]
 
@@ -65,7 +65,7 @@ class StatusServer:
 
     def __init__(self, host: str, port: int, *, token: str | None = None, database: Path | None = None,
                  snapshot: bool = False, blur_faces: bool = True) -> None:
-        self.page = load_page()  # (the page, its CSP): appliance/static/status.html, the package's data
+        self.page = load_page()  # (the page, its CSP): appliance/reporting/static/status.html, the package's data
         self.metrics = Metrics()
         self.token = token
         self.snapshot = snapshot

@@ -1,4 +1,4 @@
-"""Prometheus metrics of the appliance, fed by the event log like every other output and served by appliance.web.
+"""Prometheus metrics of the appliance, fed by the event log like every other output and served by web.py.
 
 The registry is the service's own (never prometheus_client's global one), so a test or a reload that builds a second
 `Metrics` never trips over "duplicated timeseries". Every update is a few dictionary operations under

@@ -12,8 +12,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from appliance.card import Crop, ModelCard, card_path_for, load_card
-from appliance.imaging import square_crop
+from appliance.seeing.card import Crop, ModelCard, card_path_for, load_card
+from appliance.seeing.imaging import square_crop
 
 log = logging.getLogger(__name__)
 

@@ -6,11 +6,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from appliance.card import INCORRECT, MASKED, POSITIVE
-from appliance.classifier import MaskClassifier, load_model
 from appliance.config import Config
-from appliance.detector import Face, FaceDetector, make_detector
-from appliance.sources import Frame
+from appliance.seeing.card import INCORRECT, MASKED, POSITIVE
+from appliance.seeing.classifier import MaskClassifier, load_model
+from appliance.seeing.detector import Face, FaceDetector, make_detector
+from appliance.seeing.sources import Frame
 
 
 @dataclass

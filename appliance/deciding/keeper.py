@@ -9,10 +9,10 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-from appliance.actuators import DoorController
 from appliance.config import GpioConfig
-from appliance.events import EventLog
-from appliance.guard import CameraGuard
+from appliance.deciding.actuators import DoorController
+from appliance.deciding.guard import CameraGuard
+from appliance.reporting.events import EventLog
 from appliance.vocab import Decision, Door, Fault, Kind, Recovery
 
 

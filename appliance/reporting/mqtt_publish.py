@@ -1,9 +1,9 @@
 """The MQTT output's worker: what goes to the broker and when (availability, discovery, state, events).
 
-It owns a bounded queue of records and a thread of its own. The connection side (appliance.mqtt) tells it when the
+It owns a bounded queue of records and a thread of its own. The connection side (mqtt.py) tells it when the
 link comes up (`link_up`), goes down (`link_down`), when Home Assistant says hello (`hello`) and what the broker
 acknowledged (`acked`); it never waits on paho's network thread, and nothing here runs on the event writer's. Event
-ids, acknowledgements and the backlog are appliance.mqtt_events.
+ids, acknowledgements and the backlog are appliance.reporting.mqtt_events.
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ from typing import Any
 import paho.mqtt.client as paho
 
 from appliance.config import MqttConfig
-from appliance.mqtt_discovery import AVAILABLE, Topics
-from appliance.mqtt_events import EventStream
-from appliance.mqtt_state import DoorState
+from appliance.reporting.mqtt_discovery import AVAILABLE, Topics
+from appliance.reporting.mqtt_events import EventStream
+from appliance.reporting.mqtt_state import DoorState
 
-log = logging.getLogger("appliance.mqtt")
+log = logging.getLogger("appliance.reporting.mqtt")
 
 STATE_EVERY = 30.0  # seconds: Home Assistant and collectors see a fresh state at least this often
 FIRST_STATUS_WAIT = 5.0  # seconds the first discovery waits for the service's first status (it comes at start)

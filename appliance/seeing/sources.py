@@ -1,4 +1,8 @@
-"""Frame sources: Picamera2, V4L2/USB cameras, RTSP/HTTP streams, video files, and folders or globs of images."""
+"""Frame sources: Picamera2, V4L2/USB cameras, RTSP/HTTP streams, video files, and folders or globs of images.
+
+Longer than this project's 200-line guide: every frame source sits behind one protocol here, so that each reads
+beside the others (their reconnects, clocks and limits agree).
+"""
 
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ import cv2
 import numpy as np
 
 from appliance.config import SourceConfig
-from appliance.imaging import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, Refused, Skip, read_image, too_large
+from appliance.seeing.imaging import DEFAULT_MAX_PIXELS, IMAGE_SUFFIXES, Refused, Skip, read_image, too_large
 
 log = logging.getLogger(__name__)
 

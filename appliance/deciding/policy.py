@@ -11,6 +11,9 @@ been seen at least `allow_size` large. One unmasked face denies at once; the dec
 seconds after the last unmasked face has gone (and `allow_hold` for allow). An unsettled face never allows.
 
 The clock `t` is the frame's own time: a camera's capture time, or a video file's timestamps.
+
+Longer than this project's 200-line guide on purpose: the tracker, the votes and the holds are one state machine,
+read top to bottom as the door's specification.
 """
 
 from __future__ import annotations

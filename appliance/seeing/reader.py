@@ -8,7 +8,7 @@ import queue
 import threading
 from typing import Any
 
-from appliance.sources import FrameSource
+from appliance.seeing.sources import FrameSource
 
 WAIT = 0.25  # the loop's longest wait for a frame: while it is alive it pets the watchdog at least this often
 

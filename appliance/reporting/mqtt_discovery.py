@@ -1,7 +1,7 @@
 """The MQTT output's topics and its Home Assistant discovery payloads: pure data, no client, no network.
 
 Discovery uses one retained `<discovery_prefix>/<component>/<node_id>/<object_id>/config` per entity, the form every
-Home Assistant version reads; each entity reads its value from the door's retained `state` JSON (appliance.mqtt_state).
+Home Assistant version reads; each entity reads its value from the door's retained `state` JSON (mqtt_state.py).
 """
 
 from __future__ import annotations

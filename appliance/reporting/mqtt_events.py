@@ -17,10 +17,10 @@ from typing import Any
 
 import paho.mqtt.client as paho
 
-from appliance import events as events_mod
+from appliance.reporting import events as events_mod
 from appliance.vocab import Kind
 
-log = logging.getLogger("appliance.mqtt")
+log = logging.getLogger("appliance.reporting.mqtt")
 
 # The kinds sent on `<prefix>/event`; start and stop are not (availability says that). An older log's rows keep the
 # kinds they were written with ("frames back" as a fault, a config reload as a model event) and go as they are.

@@ -8,13 +8,13 @@ from typing import Any
 
 import numpy as np
 
-from appliance.classifier import MaskClassifier, crop_faces
-from appliance.collect import Collector
 from appliance.config import Config
-from appliance.events import EventLog
-from appliance.pipeline import FaceResult
-from appliance.policy import Decision
-from appliance.sources import Frame
+from appliance.deciding.policy import Decision
+from appliance.reporting.collect import Collector
+from appliance.reporting.events import EventLog
+from appliance.seeing.classifier import MaskClassifier, crop_faces
+from appliance.seeing.pipeline import FaceResult
+from appliance.seeing.sources import Frame
 from appliance.vocab import Kind, Label
 
 _NO_CROP = np.zeros((0, 0, 3), np.uint8)  # offered for faces outside the band: the collector refuses them unread
@@ -23,7 +23,7 @@ _NO_CROP = np.zeros((0, 0, 3), np.uint8)  # offered for faces outside the band: 
 def start_outputs(cfg: Config, events: EventLog) -> None:
     """Start the enabled outputs (the status page with /metrics, MQTT) and subscribe each to `events`, which closes
     them when it closes. One at a time: where one fails to start, those already started are the log's to close."""
-    from appliance import mqtt, web  # their libraries load only where the outputs run
+    from appliance.reporting import mqtt, web  # their libraries load only where the outputs run
 
     for make in (lambda: web.from_config(cfg.http, events, save_faces=cfg.events.save_faces),
                  lambda: mqtt.from_config(cfg.mqtt, events)):

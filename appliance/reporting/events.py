@@ -6,6 +6,9 @@ metrics, the status page), writes status.json and saves face crops when asked. A
 another process holding the database's write lock therefore costs the door nothing: the writer keeps the records
 in order, counts and logs the failure once per kind, and retries until storage is back. What was written stays
 written. No face image is ever stored unless asked.
+
+Longer than this project's 200-line guide on purpose: the writer thread, its ordering and retries, and the read-only
+queries all guard one SQLite file, and are safest read together.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import numpy as np
 
 from appliance.vocab import Kind
 
-log = logging.getLogger("appliance.events")
+log = logging.getLogger("appliance.reporting.events")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (

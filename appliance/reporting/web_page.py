@@ -1,4 +1,4 @@
-"""The status page: appliance/static/status.html, package data read with importlib.resources, and the
+"""The status page: appliance/reporting/static/status.html, package data read with importlib.resources, and the
 Content-Security-Policy it is served with. The page's own inline script and style are pinned by their hashes,
 computed here from the file, so the file may be edited freely and nothing injected into it can run.
 """
@@ -46,7 +46,7 @@ def load_page(name: str = "status.html") -> tuple[bytes, str]:
     """(the page's bytes, its Content-Security-Policy) from appliance/static: only the page's own inline scripts
     and styles, by hash, may run. Read once, when a status server is built: a wheel without its package data fails
     there, at start, and only where `[http] listen` is set."""
-    text = (resources.files("appliance") / "static" / name).read_text(encoding="utf-8")
+    text = (resources.files("appliance.reporting") / "static" / name).read_text(encoding="utf-8")
     parser = _Inline()
     parser.feed(text)
     parser.close()

@@ -9,6 +9,9 @@ write that fails for lack of space pauses collection for an hour, and the door g
 The folder (`collect/` beside the event database) is the service user's and its group's (the deploy user, who
 pulls the crops with `mask-deploy pull`): mode 0770 inside a state folder that is itself 0750, files 0640. Crops are
 deleted oldest first beyond `max_files` and after `max_age_days`, also while collection is off.
+
+Longer than this project's 200-line guide: the caps, the pruning by age and count and the disk-full pause are one
+policy over one folder.
 """
 
 from __future__ import annotations
