@@ -12,6 +12,7 @@ reference for every setting (`mask-appliance config` prints it); the logic is in
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -181,6 +182,28 @@ class MqttConfig:
                      "shed are sent again from the event log)", 10, 1000000)
     backlog: int = opt(1000, "events from the log sent at most when the broker returns (oldest first)", 0, 1000000)
 
+    def check(self, origin: str) -> None:
+        """ConfigError naming the key and value for what the types alone cannot catch (no file is read)."""
+        if not self.host:
+            return
+        if any(c.isspace() for c in self.host):
+            raise ConfigError(f"{origin}: [mqtt] host = {self.host!r} is not a host name or address")
+        for key in ("topic_prefix", "discovery_prefix"):
+            value = getattr(self, key)
+            if _TOPIC_BAD.search(value) or value.startswith("/") or value.endswith("/"):
+                raise ConfigError(f"{origin}: [mqtt] {key} = {value!r} is not a topic prefix (no +, #, leading or "
+                                  "trailing /)")
+        if self.password_file is not None and not self.username:
+            raise ConfigError(f"{origin}: [mqtt] password_file = '{self.password_file}' is set but username is "
+                              "empty")
+
+    def check_files(self, origin: str) -> None:
+        """ConfigError naming the key when a file it names is not there (check_files, at start)."""
+        for key in ("password_file", "tls_ca"):
+            path = getattr(self, key)
+            if self.host and path is not None and not Path(path).is_file():
+                raise ConfigError(f"{origin}: [mqtt] {key} = '{path}' does not exist")
+
 
 @dataclass
 class HttpConfig:
@@ -192,6 +215,37 @@ class HttpConfig:
                                   "'Authorization: Bearer TOKEN', or ?token=TOKEN on the page's address); unset: none")
     snapshot: bool = opt(False, "the page shows the latest frame, once a second, faces blurred unless [events] "
                          "save_faces is on")
+
+    def check(self, origin: str) -> None:
+        """ConfigError naming the key and value for what the types alone cannot catch (no file is read)."""
+        if self.listen:
+            parse_listen(self.listen, origin)
+
+    def check_files(self, origin: str) -> None:
+        """ConfigError naming the key when the token file is missing or empty (check_files, at start)."""
+        if not self.listen or self.token_file is None:
+            return
+        if not Path(self.token_file).is_file():
+            raise ConfigError(f"{origin}: [http] token_file = '{self.token_file}' does not exist")
+        if not read_token(self.token_file):
+            raise ConfigError(f"{origin}: [http] token_file = '{self.token_file}' is empty")
+
+
+_TOPIC_BAD = re.compile(r"[#+\x00]")  # MQTT wildcards and NUL: never in a topic prefix
+
+
+def parse_listen(value: str, origin: str = "<config>") -> tuple[str, int]:
+    """("host", port) from "host:port" or "[v6]:port"; ConfigError naming the key otherwise."""
+    host, sep, port = value.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535 or any(c.isspace() for c in host):
+        raise ConfigError(f"{origin}: [http] listen = {value!r} is not address:port (e.g. \"127.0.0.1:8080\")")
+    return host, int(port)
+
+
+def read_token(path: Path) -> str:
+    """The first line of a token file, stripped."""
+    return next(iter(Path(path).read_text().splitlines()), "").strip()
 
 
 @dataclass
@@ -277,14 +331,8 @@ def validate(cfg: Config, origin: str) -> None:
             raise ConfigError(f"{origin}: [source] {key} = [{width}, {height}] is {width * height} pixels, more than "
                               f"[source] max_pixels = {s.max_pixels}")
     cfg.collect.check(origin)
-    if cfg.mqtt.host:  # the outputs' own checks import their libraries: only when they are on
-        from appliance.reporting import mqtt
-
-        mqtt.check(cfg.mqtt, origin)
-    if cfg.http.listen:
-        from appliance.reporting import web
-
-        web.check(cfg.http, origin)
+    cfg.mqtt.check(origin)
+    cfg.http.check(origin)
 
 
 def _check_pins(g: GpioConfig, origin: str) -> None:
@@ -314,14 +362,8 @@ def check_files(cfg: Config, origin: str) -> None:
     reload calls it before it applies anything. validate() reads no file."""
     if not cfg.classifier.model.is_file():
         raise ConfigError(f"{origin}: [classifier] model = '{cfg.classifier.model}' does not exist")
-    if cfg.mqtt.host:  # the outputs' modules import their libraries: only when they are on
-        from appliance.reporting import mqtt
-
-        mqtt.check_files(cfg.mqtt, origin)
-    if cfg.http.listen:
-        from appliance.reporting import web
-
-        web.check_files(cfg.http, origin)
+    cfg.mqtt.check_files(origin)
+    cfg.http.check_files(origin)
 
 
 def describe() -> str:

@@ -158,13 +158,13 @@ def event_ids(db: Path, kinds=mqtt.EVENT_KINDS) -> list[int]:
 def test_off_by_default_and_config_checks(tmp_path):
     assert mqtt.from_config(mqtt.MqttConfig()) is None  # empty host: nothing connects anywhere
     with pytest.raises(ConfigError, match=r"cfg.toml: \[mqtt\] topic_prefix = 'shop/#' is not a topic prefix"):
-        mqtt.check(mqtt.MqttConfig(host="b", topic_prefix="shop/#"), "cfg.toml")
+        mqtt.MqttConfig(host="b", topic_prefix="shop/#").check("cfg.toml")
     with pytest.raises(ConfigError, match=r"\[mqtt\] password_file = '.*nope' does not exist"):
-        mqtt.check_files(mqtt.MqttConfig(host="b", username="u", password_file=tmp_path / "nope"), "cfg.toml")
+        mqtt.MqttConfig(host="b", username="u", password_file=tmp_path / "nope").check_files("cfg.toml")
     with pytest.raises(ConfigError, match="username is empty"):
         (tmp_path / "pw").write_text("x\n")
-        mqtt.check(mqtt.MqttConfig(host="b", password_file=tmp_path / "pw"), "cfg.toml")
-    mqtt.check(mqtt.MqttConfig(host="broker.local", topic_prefix="shops/12/door"), "cfg.toml")
+        mqtt.MqttConfig(host="b", password_file=tmp_path / "pw").check("cfg.toml")
+    mqtt.MqttConfig(host="broker.local", topic_prefix="shops/12/door").check("cfg.toml")
     (tmp_path / "ca.pem").write_text("not a certificate\n")
     with pytest.raises(ConfigError, match=r"^\[mqtt\] tls_ca = '.*ca.pem': cannot be used"):
         mqtt.from_config(mqtt.MqttConfig(host="127.0.0.1", tls_ca=tmp_path / "ca.pem"))

@@ -60,9 +60,9 @@ def test_off_by_default_and_listen_checks(tmp_path):
     assert web.parse_listen("[::1]:9000") == ("::1", 9000)
     for bad in ("8080", "localhost", "host:http", ":80", "1.2.3.4:70000"):
         with pytest.raises(ConfigError, match=r"cfg.toml: \[http\] listen = .* is not address:port"):
-            web.check(web.HttpConfig(listen=bad), "cfg.toml")
+            web.HttpConfig(listen=bad).check("cfg.toml")
     with pytest.raises(ConfigError, match=r"\[http\] token_file = '.*missing' does not exist"):
-        web.check_files(web.HttpConfig(listen="127.0.0.1:8080", token_file=tmp_path / "missing"), "cfg.toml")
+        web.HttpConfig(listen="127.0.0.1:8080", token_file=tmp_path / "missing").check_files("cfg.toml")
 
 
 def test_a_taken_port_is_one_line(served):

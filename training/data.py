@@ -3,8 +3,10 @@ boxes (cut as the appliance cuts them, split by photo with training.splits)."""
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import logging
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -94,7 +96,6 @@ def load_scene_crops(labels_csv: Path, photos: list[str], size: int, crop: Crop)
     """Every labelled face of `photos` (paths as split_scenes gives them) cut from its labelled box exactly as the
     appliance cuts a detected box (the card's crop), RGB. `paths` name the photo and the box."""
     from appliance.seeing.classifier import crop_faces
-    from training.evaluate import read_scene_labels
 
     by_image = read_scene_labels(labels_csv)
     images: list = []
@@ -160,3 +161,32 @@ def class_weights(labels: np.ndarray, power: float = 1.0) -> dict[int, float]:
     raw = {i: (len(labels) / (present * c)) ** power for i, c in enumerate(counts) if c}
     scale = len(labels) / sum(raw[i] * counts[i] for i in raw)
     return {i: float(w * scale) for i, w in raw.items()}
+
+
+@dataclass
+class LabelledFace:
+    image: str
+    box: tuple[float, float, float, float]
+    label: int  # index into LABELS
+
+    @property
+    def size(self) -> float:
+        return min(self.box[2] - self.box[0], self.box[3] - self.box[1])
+
+
+def read_scene_labels(labels_csv: Path) -> dict[str, list[LabelledFace]]:
+    """labels.csv (image_path,x1,y1,x2,y2,label; paths relative to its folder) grouped by image."""
+    labels_csv = Path(labels_csv)
+    if not labels_csv.is_file():
+        raise FileNotFoundError(f"{labels_csv}: scene labels not found")
+    by_image: dict[str, list[LabelledFace]] = defaultdict(list)
+    with open(labels_csv, newline="") as f:
+        for line, row in enumerate(csv.DictReader(f), start=2):
+            try:
+                box = tuple(float(row[k]) for k in ("x1", "y1", "x2", "y2"))
+                label = LABELS.index(row["label"])
+            except (KeyError, ValueError, TypeError):
+                raise ValueError(f"{labels_csv}:{line}: bad row {row}") from None
+            path = str(labels_csv.parent / row["image_path"])
+            by_image[path].append(LabelledFace(path, box, label))  # type: ignore[arg-type]
+    return dict(by_image)

@@ -10,11 +10,8 @@ report would be scattered.
 
 from __future__ import annotations
 
-import csv
 import logging
-from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +21,7 @@ from appliance.deciding.policy import iou
 from appliance.seeing.card import LABELS
 from appliance.seeing.imaging import read_bgr
 from training import report
+from training.data import LabelledFace, load_crops, read_scene_labels
 
 log = logging.getLogger(__name__)
 
@@ -34,35 +32,6 @@ RECALL_SIZES = (("<32px", 0, 32), ("32-63px", 32, 64), ("64-127px", 64, 128), ("
 
 # image (BGR) -> [(box, p_without_mask)]
 ScenePredictor = Callable[[np.ndarray], list[tuple[tuple[float, float, float, float], float]]]
-
-
-@dataclass
-class LabelledFace:
-    image: str
-    box: tuple[float, float, float, float]
-    label: int  # index into LABELS
-
-    @property
-    def size(self) -> float:
-        return min(self.box[2] - self.box[0], self.box[3] - self.box[1])
-
-
-def read_scene_labels(labels_csv: Path) -> dict[str, list[LabelledFace]]:
-    """labels.csv (image_path,x1,y1,x2,y2,label; paths relative to its folder) grouped by image."""
-    labels_csv = Path(labels_csv)
-    if not labels_csv.is_file():
-        raise FileNotFoundError(f"{labels_csv}: scene labels not found")
-    by_image: dict[str, list[LabelledFace]] = defaultdict(list)
-    with open(labels_csv, newline="") as f:
-        for line, row in enumerate(csv.DictReader(f), start=2):
-            try:
-                box = tuple(float(row[k]) for k in ("x1", "y1", "x2", "y2"))
-                label = LABELS.index(row["label"])
-            except (KeyError, ValueError, TypeError):
-                raise ValueError(f"{labels_csv}:{line}: bad row {row}") from None
-            path = str(labels_csv.parent / row["image_path"])
-            by_image[path].append(LabelledFace(path, box, label))  # type: ignore[arg-type]
-    return dict(by_image)
 
 
 def match(truth: list[LabelledFace], detections: list[tuple[tuple, float]],
@@ -254,7 +223,6 @@ def evaluate(model_path: Path, crops: Path | None = None, scenes: Path | None = 
     from appliance import config as config_mod
     from appliance.seeing.classifier import load_model
     from appliance.seeing.pipeline import Pipeline
-    from training.data import load_crops
 
     if not crops and not scenes:
         raise ValueError("give --crops and/or --scenes")

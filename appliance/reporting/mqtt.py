@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 import socket
 from pathlib import Path
 from typing import Any
@@ -36,35 +35,9 @@ from appliance.reporting.mqtt_publish import Publisher
 from appliance.reporting.mqtt_state import DoorState
 from appliance.vocab import Fault, Kind
 
-__all__ = ["EVENT_KINDS", "MqttConfig", "MqttOutput", "check", "from_config"]
+__all__ = ["EVENT_KINDS", "MqttConfig", "MqttOutput", "from_config"]
 
 log = logging.getLogger(__name__)
-
-_TOPIC_BAD = re.compile(r"[#+\x00]")
-
-
-def check(cfg: MqttConfig, origin: str) -> None:
-    """ConfigError naming the key and value for what the types alone cannot catch."""
-    if not cfg.host:
-        return
-    if any(c.isspace() for c in cfg.host):
-        raise ConfigError(f"{origin}: [mqtt] host = {cfg.host!r} is not a host name or address")
-    for key in ("topic_prefix", "discovery_prefix"):
-        value = getattr(cfg, key)
-        if _TOPIC_BAD.search(value) or value.startswith("/") or value.endswith("/"):
-            raise ConfigError(f"{origin}: [mqtt] {key} = {value!r} is not a topic prefix (no +, #, leading or "
-                              "trailing /)")
-    if cfg.password_file is not None and not cfg.username:
-        raise ConfigError(f"{origin}: [mqtt] password_file = '{cfg.password_file}' is set but username is empty")
-
-
-def check_files(cfg: MqttConfig, origin: str) -> None:
-    """ConfigError naming the key when a file it names is not there (config.check_files, at start)."""
-    for key in ("password_file", "tls_ca"):
-        path = getattr(cfg, key)
-        if cfg.host and path is not None and not Path(path).is_file():
-            raise ConfigError(f"{origin}: [mqtt] {key} = '{path}' does not exist")
-
 
 _PAHO_LOG = logging.getLogger("appliance.reporting.mqtt.paho")
 # paho logs "Client is not connected" as an error each time its loop runs without a socket (a broker away, a

@@ -20,44 +20,15 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from appliance.config import ConfigError, HttpConfig
+from appliance.config import ConfigError, HttpConfig, parse_listen, read_token
 from appliance.reporting.metrics import Metrics
 from appliance.reporting.web_http import MAX_CONNECTIONS, Handler, Server
 from appliance.reporting.web_page import load_page
 from appliance.reporting.web_view import Snapshot, StatusView
 
-__all__ = ["MAX_CONNECTIONS", "Handler", "HttpConfig", "StatusServer", "check", "from_config", "parse_listen"]
+__all__ = ["MAX_CONNECTIONS", "Handler", "HttpConfig", "StatusServer", "from_config", "parse_listen"]
 
 log = logging.getLogger(__name__)
-
-
-def parse_listen(value: str, origin: str = "<config>") -> tuple[str, int]:
-    """("host", port) from "host:port" or "[v6]:port"; ConfigError naming the key otherwise."""
-    host, sep, port = value.rpartition(":")
-    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535 or any(c.isspace() for c in host):
-        raise ConfigError(f"{origin}: [http] listen = {value!r} is not address:port (e.g. \"127.0.0.1:8080\")")
-    return host, int(port)
-
-
-def check(cfg: HttpConfig, origin: str) -> None:
-    """ConfigError naming the key and value for what the types alone cannot catch."""
-    if not cfg.listen:
-        return
-    parse_listen(cfg.listen, origin)
-
-
-def check_files(cfg: HttpConfig, origin: str) -> None:
-    """ConfigError naming the key when the token file is missing or empty (config.check_files, at start)."""
-    if cfg.listen and cfg.token_file is not None:
-        if not Path(cfg.token_file).is_file():
-            raise ConfigError(f"{origin}: [http] token_file = '{cfg.token_file}' does not exist")
-        if not _read_token(cfg.token_file):
-            raise ConfigError(f"{origin}: [http] token_file = '{cfg.token_file}' is empty")
-
-
-def _read_token(path: Path) -> str:
-    return next(iter(Path(path).read_text().splitlines()), "").strip()
 
 
 class StatusServer:
@@ -136,7 +107,7 @@ def from_config(cfg: HttpConfig, events: Any = None, *, save_faces: bool = False
         return None
     host, port = parse_listen(cfg.listen)
     try:
-        token = _read_token(cfg.token_file) if cfg.token_file is not None else None
+        token = read_token(cfg.token_file) if cfg.token_file is not None else None
     except OSError as exc:
         raise ConfigError(f"[http] token_file = '{cfg.token_file}': cannot read ({exc.strerror})") from None
     if token == "":
