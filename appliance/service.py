@@ -30,14 +30,13 @@ from appliance.reporting.events import EventLog
 from appliance.reporting.notify import Notifier
 from appliance.reporting.reporter import Reporter
 from appliance.seeing.pipeline import Pipeline
-from appliance.seeing.reader import FrameReader
+from appliance.seeing.reader import FrameReader, close_source, stop_reading
 from appliance.seeing.sources import FrameSource, open_source
 from appliance.seeing.watcher import ModelWatcher, forced_push
 from appliance.vocab import Fault, Kind
 
 log = logging.getLogger(__name__)
 
-STOP_WAIT = 2.0  # seconds a stop waits for a blocked source read before it goes on without it (unit: 15 s)
 
 
 class ServiceError(RuntimeError):
@@ -150,22 +149,11 @@ class Service:
     def _finish(self, reader: FrameReader | None) -> None:
         self.notifier.stopping()
         self._stop.set()
-        self.keeper.close()
-        source = self.source
-        if source is not None:
-            try:
-                source.stop()
-            except Exception:
-                log.exception("stopping the source failed")
-        done = reader.stop(STOP_WAIT) if reader is not None else True
-        if not done:  # a read hung in a driver or the network: stop without it (the thread is a daemon)
-            log.error("the source's read is still blocked after %.0f s; stopping without it", STOP_WAIT)
+        self.keeper.close()  # the fail state first, before anything that could hang
+        done = stop_reading(self.source, reader)
         self.events.record(Kind.STOP, None, frames=self.frames, skipped=self._skipped(), door=self.keeper.state,
                            **({} if done else {"read_blocked": True}))
-        if source is not None and done:
-            try:
-                source.close()
-            except Exception:
-                log.exception("closing the source failed")
+        if done:
+            close_source(self.source)
         self.reporter.send()
         self.events.close()

@@ -4,6 +4,7 @@ state, the status true and systemd's watchdog fed), and a stop never waits on th
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 from typing import Any
@@ -11,6 +12,9 @@ from typing import Any
 from appliance.seeing.sources import FrameSource
 
 WAIT = 0.25  # the loop's longest wait for a frame: while it is alive it pets the watchdog at least this often
+STOP_WAIT = 2.0  # seconds a stop waits for a blocked source read before it goes on without it (unit: 15 s)
+
+log = logging.getLogger("appliance.service")
 
 
 class FrameReader:
@@ -61,3 +65,26 @@ class FrameReader:
                 self._out.put(("frame", frame))
         except Exception as exc:  # handed to the loop, which fails the door and reports it
             self._out.put(("error", exc))
+
+
+def stop_reading(source: FrameSource | None, reader: FrameReader | None, wait: float = STOP_WAIT) -> bool:
+    """Stop the source and its reader; True when the read ended within `wait` seconds. A read hung in a driver or
+    the network is left behind (the thread is a daemon): a stop never waits on it longer."""
+    if source is not None:
+        try:
+            source.stop()
+        except Exception:
+            log.exception("stopping the source failed")
+    done = reader.stop(wait) if reader is not None else True
+    if not done:
+        log.error("the source's read is still blocked after %.0f s; stopping without it", wait)
+    return done
+
+
+def close_source(source: FrameSource | None) -> None:
+    """Close the source (after stop_reading said its read ended); a failure is logged, never raised."""
+    if source is not None:
+        try:
+            source.close()
+        except Exception:
+            log.exception("closing the source failed")
