@@ -4,16 +4,40 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import Protocol
 
 from appliance import config as config_mod
 from appliance.config import Config, ConfigError
+from appliance.deciding.keeper import DoorKeeper
+from appliance.deciding.policy import Policy
+from appliance.reporting.collect import Collector
+from appliance.reporting.events import EventLog
+from appliance.reporting.notify import Notifier
+from appliance.reporting.reporter import Reporter
 from appliance.seeing.classifier import load_model
 from appliance.seeing.detector import make_detector
+from appliance.seeing.pipeline import Pipeline
+from appliance.seeing.watcher import ModelWatcher
 from appliance.vocab import Fault, Kind
 
-if TYPE_CHECKING:
-    from appliance.service import Service
+
+class Service(Protocol):
+    """The parts of a running service a reload replaces or tells (service.Service is the one)."""
+
+    cfg: Config
+    config_path: Path | None
+    print_decisions: bool
+    notifier: Notifier
+    events: EventLog
+    pipeline: Pipeline
+    keeper: DoorKeeper
+    watcher: ModelWatcher
+    policy: Policy
+    collector: Collector
+    reporter: Reporter
+
+    def status_line(self) -> str: ...
 
 log = logging.getLogger("appliance.service")
 

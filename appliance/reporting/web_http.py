@@ -13,13 +13,10 @@ import logging
 import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
-from appliance.reporting.metrics import CONTENT_TYPE
-
-if TYPE_CHECKING:
-    from appliance.reporting.web import StatusServer
+from appliance.reporting.metrics import CONTENT_TYPE, Metrics
 
 log = logging.getLogger("appliance.reporting.web")
 
@@ -30,14 +27,28 @@ TEXT = "text/plain; charset=utf-8"
 
 
 
+class App(Protocol):
+    """What the routes read: web.StatusServer is the one App."""
+
+    token: str | None
+    metrics: Metrics
+    page: tuple[bytes, str]
+
+    def status_json(self) -> dict[str, Any] | None: ...
+
+    def view(self) -> dict[str, Any]: ...
+
+    def snapshot_jpeg(self) -> bytes | None: ...
+
+
 class Server(ThreadingHTTPServer):
     """A threading HTTP server that keeps at most MAX_CONNECTIONS open and never prints a client's failure.
-    `app` is the StatusServer its handlers read."""
+    `app` is the StatusServer (an App) its handlers read."""
 
     daemon_threads = True
     block_on_close = False
     request_queue_size = 16
-    app: StatusServer
+    app: App
 
     def __init__(self, *args: Any, **kw: Any) -> None:
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
@@ -72,7 +83,7 @@ class Handler(BaseHTTPRequestHandler):
     server: Server
 
     @property
-    def app(self) -> StatusServer:
+    def app(self) -> App:
         return self.server.app
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (the stdlib's name)

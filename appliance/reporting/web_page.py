@@ -43,7 +43,7 @@ class _Inline(HTMLParser):
 
 @functools.cache
 def load_page(name: str = "status.html") -> tuple[bytes, str]:
-    """(the page's bytes, its Content-Security-Policy) from appliance/static: only the page's own inline scripts
+    """(the page's bytes, its Content-Security-Policy) from reporting/static: only the page's own inline scripts
     and styles, by hash, may run. Read once, when a status server is built: a wheel without its package data fails
     there, at start, and only where `[http] listen` is set."""
     text = (resources.files("appliance.reporting") / "static" / name).read_text(encoding="utf-8")
