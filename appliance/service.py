@@ -15,7 +15,6 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 from appliance import config as config_mod
 from appliance import reload
@@ -33,7 +32,7 @@ from appliance.seeing.pipeline import Pipeline
 from appliance.seeing.reader import FrameReader, close_source, stop_reading
 from appliance.seeing.sources import FrameSource, open_source
 from appliance.seeing.watcher import ModelWatcher, forced_push
-from appliance.vocab import Fault, Kind
+from appliance.vocab import Fault, Kind, Status
 
 log = logging.getLogger(__name__)
 
@@ -104,17 +103,17 @@ class Service:
         lost = ", CAMERA LOST" if self.keeper.camera_lost else ""
         return f"{self.reporter.fps:.1f} fps, {self.policy.state}, door {self.keeper.state}, model {sha}{lost}"
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> Status:
         """What status.json, /status.json and MQTT's state say about this service."""
-        return {
-            "pid": os.getpid(), "started": self.started, "uptime": round(time.time() - self.started, 1),
-            "frames": self.frames, "skipped": self._skipped(), "fps": round(self.reporter.fps, 2),
-            "decision": self.policy.state, "door": self.keeper.state,
-            "model": str(self.pipeline.classifier.path), "model_sha256": self.pipeline.classifier.sha256,
-            "model_fallback": self.watcher.fallback, "camera_lost": self.keeper.camera_lost,
-            "running": not self._stop.is_set(), "status_interval": self.cfg.service.status_interval,
-            "collect": self.collector.counts(),
-        }
+        return Status(
+            pid=os.getpid(), started=self.started, uptime=round(time.time() - self.started, 1),
+            frames=self.frames, skipped=self._skipped(), fps=round(self.reporter.fps, 2),
+            decision=self.policy.state, door=self.keeper.state,
+            model=str(self.pipeline.classifier.path), model_sha256=self.pipeline.classifier.sha256,
+            model_fallback=self.watcher.fallback, camera_lost=self.keeper.camera_lost,
+            running=not self._stop.is_set(), status_interval=self.cfg.service.status_interval,
+            collect=self.collector.counts(),
+        )
 
     def _skipped(self) -> int:
         return self.loop.skipped + getattr(self.source, "skipped", 0)

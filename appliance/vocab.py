@@ -5,6 +5,7 @@ MQTT and the config file, and compare equal to them; `deploy/` reads the Pi's lo
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Any, TypedDict
 
 
 class Decision(StrEnum):
@@ -67,3 +68,25 @@ class Recovery(StrEnum):
 
     FRAMES_BACK = "frames back"
     GUARD_BACK = "camera guard back"
+
+
+class Status(TypedDict, total=False):
+    """status.json (and /status.json, and MQTT's state): what the service says about itself every status_interval.
+    `mask-deploy status` reads the same keys on the Pi."""
+
+    pid: int
+    started: float
+    uptime: float
+    frames: int
+    skipped: int
+    fps: float
+    decision: Decision
+    door: Door
+    model: str
+    model_sha256: str
+    model_fallback: str | None
+    camera_lost: bool
+    running: bool
+    status_interval: float
+    collect: dict[str, Any]
+    events: dict[str, Any]  # the event log's health, added by its writer

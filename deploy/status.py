@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import time
+from typing import cast
 
+from appliance.vocab import Status
 from deploy.ssh import DeployError, Host, Result
 
 
-def status_of(report: dict) -> dict:
-    """The status.json part of a Pi's report, or {} where it is missing or not an object."""
+def status_of(report: dict) -> Status:
+    """The status.json part of a Pi's report (the appliance's Status keys), or {} where it is missing or not an
+    object."""
     status = report.get("status")
-    return status if isinstance(status, dict) else {}
+    return cast(Status, status) if isinstance(status, dict) else Status()
 
 
 def _num(value: object, default: float = 0.0) -> float:

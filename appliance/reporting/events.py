@@ -30,7 +30,7 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 
-from appliance.vocab import Kind
+from appliance.vocab import Kind, Status
 
 log = logging.getLogger("appliance.reporting.events")
 
@@ -174,7 +174,7 @@ class EventLog:
             silence_stdout()
             log.warning("stdout was closed: decisions are no longer printed (the event log keeps them)")
 
-    def status(self, status: dict[str, Any]) -> None:
+    def status(self, status: Status) -> None:
         """The service's current status, for status.json and the outputs; a newer one replaces one not yet written."""
         with self._status_lock:
             self._status = dict(status)

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
 
 from appliance.reporting.notify import Notifier
+from appliance.vocab import Status
 
 
 class Reporter:
@@ -18,8 +18,8 @@ class Reporter:
     hands `status()` to `publish` (EventLog.status: status.json and the outputs, off the loop).
     """
 
-    def __init__(self, notifier: Notifier, status: Callable[[], dict[str, Any]], line: Callable[[], str],
-                 publish: Callable[[dict[str, Any]], None], interval: Callable[[], float]):
+    def __init__(self, notifier: Notifier, status: Callable[[], Status], line: Callable[[], str],
+                 publish: Callable[[Status], None], interval: Callable[[], float]):
         self.notifier, self.status, self.line, self.publish, self.interval = notifier, status, line, publish, interval
         self.fps = 0.0
         self._window_start, self._window_frames = time.monotonic(), 0
