@@ -55,14 +55,20 @@ def ensure_tools() -> None:
 
 
 def pi_config(path: Path, images: Path, model: Path) -> Path:
-    """deploy/config.pi.toml with the camera replaced by the image folder and the model by the shipped one, checked
-    by the appliance's own config module (a ConfigError names the file and key) and written to `path`."""
+    """deploy/config.pi.toml with the camera replaced by the image folder, the model by the shipped one and still
+    photos looked at as frames are, checked by the appliance's own config module (a ConfigError names the file and
+    key) and written to `path`."""
     from appliance import config
     from appliance.checking import dumps
 
     table = tomllib.loads((REPO / PI_CONFIG).read_text())
     table.setdefault("source", {})["spec"] = str(images)
     table.setdefault("classifier", {})["model"] = str(model)
+    # `detect` looks at a still photo twice ([detector] photo_sides); the door's loop looks at a frame once, at
+    # max_side. The check is of what the door does: one look at the Pi's max_side.
+    detector = table.setdefault("detector", {})
+    side = detector.get("max_side", config.DetectorConfig().max_side)
+    detector["photo_sides"] = [side, side]
     config.parse(table, PI_CONFIG)  # what the Pi would refuse is refused here, before anything is built
     path.write_text(dumps(table))
     return path

@@ -66,6 +66,7 @@ def test_the_derived_config_is_the_pi_config_with_images_and_the_shipped_model(t
     derived, pi = (tomllib.loads(p.read_text()) for p in (path, sysroot.REPO / "deploy/config.pi.toml"))
     assert pi["source"]["spec"] == "picamera2" and pi["classifier"]["model"].startswith("/var/lib/")
     pi["source"]["spec"], pi["classifier"]["model"] = str(SCENES / "images"), str(SHIPPED)
+    pi["detector"]["photo_sides"] = [320, 320]  # photos are looked at as the door's frames are: once, at max_side
     assert derived == pi  # everything else, detection at 320 px and four threads among it, is what a Pi runs
     cfg = config_mod.load(path)
     assert cfg.detector.max_side == 320 and cfg.classifier.threads == 4 and cfg.classifier.model == SHIPPED
@@ -77,7 +78,8 @@ def test_a_pi_config_without_the_keys_gets_them_and_a_bad_one_is_refused_by_name
     (repo / "deploy/config.pi.toml").write_text('[detector]\nmax_side = 320\n')
     monkeypatch.setattr(pi_check, "REPO", repo)
     path = pi_check.pi_config(tmp_path / "c.toml", tmp_path, tmp_path / "m.tflite")  # the model need not exist yet
-    assert tomllib.loads(path.read_text()) == {"detector": {"max_side": 320}, "source": {"spec": str(tmp_path)},
+    assert tomllib.loads(path.read_text()) == {"detector": {"max_side": 320, "photo_sides": [320, 320]},
+                                               "source": {"spec": str(tmp_path)},
                                                "classifier": {"model": str(tmp_path / "m.tflite")}}
     (repo / "deploy/config.pi.toml").write_text('[detector]\nmax_side = 32000\n')
     with pytest.raises(config_mod.ConfigError,
@@ -175,4 +177,5 @@ def test_this_machine_answers_with_the_derived_pi_config(tmp_path):
     assert sorted(reference) == sorted(map(str, images))
     faces = [f for found in reference.values() for f in found]
     assert faces and all(len(f["box"]) == 4 and 0 <= f["p_without_mask"] <= 1 for f in faces)
-    assert config_mod.load(tmp_path / "config.toml").detector.max_side == 320  # the Pi's, not the default 480
+    detector = config_mod.load(tmp_path / "config.toml").detector
+    assert detector.max_side == 320 and detector.photo_sides == (320, 320)  # the Pi's frames: one look at 320 px
