@@ -293,7 +293,9 @@ print(json.dumps({{"names": names, "skipped": source.skipped, "skips": source.sk
     got = json.loads(proc.stdout)
     assert got["names"] == ["f-photo.jpg"] * 2
     assert got["skipped"] == 5 and got["skips"] == {"too large": 3, "unreadable": 2}
-    assert got["grew_mb"] < 8 and got["seconds"] < 1.0
+    # The smallest of them decoded would be 432 MB; 32 MB leaves room for the allocators of other releases (8.6 MB
+    # grew under Trixie's Python 3.13 and Pillow, against under 2 here).
+    assert got["grew_mb"] < 32 and got["seconds"] < 1.0
     log = [line for line in proc.stderr.splitlines() if "skipped" in line]
     warnings = [line for line in log if line.startswith("WARNING")]
     assert warnings == [
