@@ -21,7 +21,7 @@ from deploy.sysroot import MIRROR, RELEASES, REPO, Sysroot
 
 SHARED = REPO.parent / "shared"
 RUNTIME_TESTS = ("test_policy.py", "test_config.py", "test_sources.py", "test_actuators.py", "test_classifier.py",
-                 "test_service.py", "test_cli.py", "test_assets.py")
+                 "test_service.py", "test_cli.py", "test_assets.py", "test_imaging.py")
 # Bind the repository and ../shared read-only at their own paths, give the root a /dev/null, /proc and /tmp,
 # then run the release's python in it. Everything mounted here goes with the namespace when it ends.
 MOUNT_AND_RUN = r"""
