@@ -37,7 +37,6 @@ from appliance.vocab import Fault, Kind, Status
 log = logging.getLogger(__name__)
 
 
-
 class ServiceError(RuntimeError):
     """The frame loop failed. The message is one line (the CLI prints it); the traceback is in the log."""
 

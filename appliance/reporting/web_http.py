@@ -25,8 +25,6 @@ CLIENT_TIMEOUT = 10.0  # seconds a client may take to send its request or read t
 TEXT = "text/plain; charset=utf-8"
 
 
-
-
 class App(Protocol):
     """What the routes read: web.StatusServer is the one App."""
 
