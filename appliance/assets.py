@@ -24,6 +24,8 @@ class AssetError(RuntimeError):
 
 @dataclass(frozen=True)
 class Asset:
+    """A third-party model file of the manifest (models/assets.toml): where it comes from and its sha256."""
+
     name: str
     path: str
     url: str

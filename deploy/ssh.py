@@ -45,6 +45,8 @@ class Result:
 
 @dataclass(frozen=True)
 class Timeouts:
+    """How long mask-deploy waits for each kind of step, in seconds."""
+
     confirm: float = 30.0  # for the service to report a model
     step: float = 60.0  # one ssh command
     upload: float = 300.0  # one upload (slow shop links)

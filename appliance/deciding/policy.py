@@ -62,6 +62,8 @@ class Verdict:
 
 @dataclass
 class Track:
+    """One face followed across frames: its box, its weighted evidence either way, and what it settled as."""
+
     id: int
     box: tuple[float, float, float, float]
     last_seen: float

@@ -50,6 +50,8 @@ FIELDS = ("time", "p_without_mask", "p_incorrect_mask", "label", "decision", "mo
 
 
 class Deferrer(Protocol):
+    """Where a slow write goes to run off the frame loop (EventLog.defer)."""
+
     def defer(self, kind: str, write: Callable[[], None]) -> None: ...
 
 

@@ -69,6 +69,8 @@ class Output(Protocol):
 
 @dataclass
 class _Faces:
+    """Face crops to save with a decision (only with [events] save_faces)."""
+
     crops: list[np.ndarray]
     tag: str
     time: float

@@ -28,12 +28,16 @@ class CardError(ValueError):
 
 @dataclass(frozen=True)
 class Quant:
+    """An int8 tensor's quantization: real = scale * (q - zero_point)."""
+
     scale: float
     zero_point: int
 
 
 @dataclass(frozen=True)
 class Tensor:
+    """A model input's or output's type, and its quantization where it is an integer."""
+
     dtype: str  # "int8", "uint8" or "float32"
     quant: Quant | None = None
 
@@ -49,6 +53,9 @@ class Crop:
 
 @dataclass(frozen=True)
 class ModelCard:
+    """The model card (the .json beside the model): the one place both sides read the labels, input size, crop
+    and threshold from, with the model's sha256 and the figures that chose it."""
+
     model_file: str
     sha256: str
     input_size: int

@@ -14,6 +14,8 @@ from appliance.config import DetectorConfig
 
 @dataclass(frozen=True)
 class Face:
+    """A face found in a frame: its box (grown by [detector] expand_*), the detector's score, its landmarks."""
+
     box: tuple[float, float, float, float]  # x1, y1, x2, y2 in pixels of the frame given to detect()
     score: float
     landmarks: tuple[tuple[float, float], ...] = ()
@@ -24,6 +26,8 @@ class Face:
 
 
 class FaceDetector(Protocol):
+    """What a detector plugin gives: the faces of a BGR frame."""
+
     def detect(self, frame_bgr: np.ndarray) -> list[Face]: ...
 
 

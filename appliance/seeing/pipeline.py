@@ -15,6 +15,8 @@ from appliance.seeing.sources import Frame
 
 @dataclass
 class FaceResult:
+    """One face in one frame, as the pipeline labels it (what `detect --json` prints per face)."""
+
     face: Face
     p_without_mask: float  # p(not properly masked) = 1 - p(with_mask); p(without_mask) for a 2-class model
     label: str  # "with_mask", "without_mask" or (3-class models only) "incorrect_mask"
@@ -42,6 +44,8 @@ def label_of(probs: np.ndarray, labels: tuple[str, ...], p_not_masked: float, th
 
 
 class Pipeline:
+    """Detect, then classify every face found: `run(frame)` gives each face's label and probabilities."""
+
     def __init__(self, detector: FaceDetector, classifier: MaskClassifier, threshold: float | None = None):
         self.detector, self.classifier = detector, classifier
         self.threshold_override = threshold

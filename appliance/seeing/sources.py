@@ -31,6 +31,8 @@ READ_TIMEOUT_MS = 5000  # a stream that delivers nothing this long counts as los
 
 @dataclass
 class Frame:
+    """One frame from a source, with its time on the source's clock."""
+
     image: np.ndarray  # BGR, full resolution: faces are cropped from it
     t: float  # seconds on the source's clock: time.monotonic() at capture, or a video's own timestamp
     index: int
