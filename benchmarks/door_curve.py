@@ -38,6 +38,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from appliance import config  # noqa: E402
+from appliance.deciding.policy import iou  # noqa: E402
 from appliance.seeing.card import LABELS, load_card  # noqa: E402
 from appliance.seeing.classifier import MaskClassifier, crop_faces  # noqa: E402
 from appliance.seeing.detector import make_detector  # noqa: E402
@@ -82,14 +83,6 @@ def _key(crop_rgb: np.ndarray) -> np.ndarray:
         np.float32)
 
 
-def _iou(a, b) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
 def truth_of_crops(folder: Path, labels_csv: Path, photos: list[str], cfg: config.Config) -> dict[str, str | None]:
     """{crop file in folder's index.jsonl: the true label, or None (skip: no labelled face)}. The person's eyes:
     every photo is detected again as the service detected it, each detected box cut as the classifier cut it; a
@@ -117,7 +110,7 @@ def truth_of_crops(folder: Path, labels_csv: Path, photos: list[str], cfg: confi
         if diffs[best] <= MATCH_MAX_DIFF:
             photo, box = owners[best]
             faces = by_image.get(photo, [])
-            overlaps = [(_iou(box, f.box), f.label) for f in faces]
+            overlaps = [(iou(box, f.box), f.label) for f in faces]
             if overlaps and max(overlaps)[0] >= MATCH_MIN_IOU:
                 truth[name] = LABELS[max(overlaps)[1]]
     return truth

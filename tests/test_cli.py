@@ -103,13 +103,14 @@ def test_check_rows_come_from_checkup_and_one_failing_probe_hides_no_other():
     assert str(Row(False, "gpio", "x")) == "FAIL  gpio         x"
 
 
-def _closed_pipe_run(*args: str) -> subprocess.CompletedProcess:
+def _closed_pipe_run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """The command with its stdout a real pipe whose reader is already gone (as after `| head` exits)."""
     read, write = os.pipe()
     os.close(read)
     try:
         proc = subprocess.run([sys.executable, "-m", "appliance.cli", *args], stdout=write, stderr=subprocess.PIPE,
-                              text=True, cwd=REPO, env={**os.environ, "GPIOZERO_PIN_FACTORY": "mock"}, timeout=120)
+                              text=True, cwd=REPO, env={**os.environ, "GPIOZERO_PIN_FACTORY": "mock", **(env or {})},
+                              timeout=120)
     finally:
         os.close(write)
     return proc
@@ -134,14 +135,7 @@ def test_config_into_head_through_a_shell_pipe_ends_quietly():
 
 def test_run_print_into_a_closed_pipe_stops_the_printing_not_the_door(tmp_path):
     image = str(scene_images("without_mask", limit=1)[0])
-    read, write = os.pipe()
-    os.close(read)
-    try:
-        proc = subprocess.run([sys.executable, "-m", "appliance.cli", "run", "--print", "--source", image],
-                              stdout=write, stderr=subprocess.PIPE, text=True, cwd=REPO, timeout=120,
-                              env={**os.environ, "GPIOZERO_PIN_FACTORY": "mock", "STATE_DIRECTORY": str(tmp_path)})
-    finally:
-        os.close(write)
+    proc = _closed_pipe_run("run", "--print", "--source", image, env={"STATE_DIRECTORY": str(tmp_path)})
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr and "no longer printed" in proc.stderr
     db = sqlite3.connect(tmp_path / "events.db")

@@ -67,5 +67,5 @@ class Emitter:
             self.collector.offer(crop, {
                 "time": time.time(), "p_without_mask": r.p_without_mask, "p_incorrect_mask": r.p_incorrect_mask,
                 "label": r.label, "decision": decision.state, "model_sha256": model.sha256,
-                "face_size": round(min(box[2] - box[0], box[3] - box[1]), 1), "track_id": track.id,
+                "face_size": round(r.face.size, 1), "track_id": track.id,
                 **({"disagreed": True} if track.disagreed else {})}, t=frame.t)
