@@ -68,14 +68,16 @@ class FrameLoop:
             self.skipped += 1
             log.warning("empty frame %d skipped (%d so far)", frame.index, self.skipped)
             return
-        started = time.monotonic()
         results = self.pipeline.run(frame)
+        times = self.pipeline.times  # this frame's, read before anything else can run the pipeline
         ran = time.monotonic()
         self.policy.threshold = self.pipeline.threshold  # a swapped model may bring its own
         decision = self.policy.update(results, frame.t)
         self.keeper.frame(decision.state, frame.t)
-        # Pipeline.run is timed as one stage: "detect" holds classification too, and "classify" stays 0.
-        stages = {"capture": capture, "detect": ran - started, "classify": 0.0, "decide": time.monotonic() - ran}
+        # A frame without faces classifies nothing and reports classify = 0.0 (not no observation): every stage
+        # then counts one observation per frame, so each stage's sum/count is its mean per frame and they add up.
+        stages = {"capture": capture, "detect": times.detect, "classify": times.classify,
+                  "decide": time.monotonic() - ran}
         self.frames += 1
         self.reporter.frame_done()
         self.emitter.emit(frame, results, decision, self.keeper.state, self.pipeline.classifier, stages)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 
 import pytest
 from support.data import SHIPPED, scene_images
@@ -64,3 +65,41 @@ def test_a_pipeline_from_config_finds_and_flags_unmasked_faces_on_real_photos():
         faces = pipeline.run(Frame(read_bgr(path), 0.0, i))
         assert faces, path
         assert any(f.label == "with_mask" and f.p_without_mask < pipeline.threshold for f in faces), path
+
+
+def _timed(fn, spans: list[float]):
+    """`fn`, recording how long each call took in `spans`."""
+    def wrapper(*args, **kwargs):
+        t0 = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            spans.append(time.perf_counter() - t0)
+    return wrapper
+
+
+def test_run_times_detection_and_classification_apart_on_real_photos():
+    """`times` holds this frame's stages: both detector looks of a still photo in detect, the model in classify,
+    and classify exactly 0 on a frame where no face was found (nothing was classified)."""
+    pipeline = Pipeline.from_config(_cfg(), photos=True)
+    looks: list[float] = []
+    classified: list[float] = []
+    for look in pipeline.detector._looks:  # the two looks are what photos=True adds
+        look.rows = _timed(look.rows, looks)
+    pipeline.classifier.classify_all = _timed(pipeline.classifier.classify_all, classified)
+    image = read_bgr(scene_images("without_mask", limit=1)[0])
+    assert max(image.shape[:2]) > pipeline.detector.sides[0]  # large enough for the second look
+
+    t0 = time.perf_counter()
+    faces = pipeline.run(Frame(image, 0.0, 0))
+    wall = time.perf_counter() - t0
+    times = pipeline.times
+    assert faces and len(looks) == 2 and len(classified) == 1
+    assert times.detect >= sum(looks) > 0  # both looks are detection
+    assert times.classify >= classified[0] > 0
+    assert times.detect + times.classify <= wall  # two spans inside run(), not overlapping
+
+    nothing = image[int(image.shape[0] * 0.75):]  # below the face: the detector finds none there
+    assert pipeline.run(Frame(nothing, 1.0, 1)) == []
+    assert len(classified) == 1  # the model never ran
+    assert pipeline.times.classify == 0.0 and pipeline.times.detect > 0

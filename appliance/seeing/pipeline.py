@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,6 +35,14 @@ class FaceResult:
         return out
 
 
+@dataclass(frozen=True, slots=True)
+class StageTimes:
+    """Seconds one `Pipeline.run` spent in each of its two stages (time.perf_counter, wall clock)."""
+
+    detect: float  # every detector look (two for a large still photo with photos=True) and the lores -> main scaling
+    classify: float  # cropping, the model and labelling; exactly 0.0 when no face was found (nothing to classify)
+
+
 def label_of(probs: np.ndarray, labels: tuple[str, ...], p_not_masked: float, threshold: float) -> str:
     """The face's label: with_mask below the threshold; above it, whichever unmasked class is more likely."""
     if p_not_masked < threshold:
@@ -44,11 +53,15 @@ def label_of(probs: np.ndarray, labels: tuple[str, ...], p_not_masked: float, th
 
 
 class Pipeline:
-    """Detect, then classify every face found: `run(frame)` gives each face's label and probabilities."""
+    """Detect, then classify every face found: `run(frame)` gives each face's label and probabilities, and leaves
+    in `times` how long each stage took on that frame (the frame loop reports them as the stage histograms)."""
 
     def __init__(self, detector: FaceDetector, classifier: MaskClassifier, threshold: float | None = None):
         self.detector, self.classifier = detector, classifier
         self.threshold_override = threshold
+        # An attribute beside run()'s result, not in it: run() keeps its return value for every other caller
+        # (detect, evaluate, visits, the tests that wrap it). Read it right after run(), on the same thread.
+        self.times = StageTimes(0.0, 0.0)
 
     @classmethod
     def from_config(cls, cfg: Config, model: MaskClassifier | None = None, photos: bool = False) -> Pipeline:
@@ -69,6 +82,8 @@ class Pipeline:
         return self.threshold_override if self.threshold_override is not None else self.classifier.threshold
 
     def run(self, frame: Frame) -> list[FaceResult]:
+        """The faces of `frame`, labelled; `self.times` then holds this frame's detect and classify seconds."""
+        started = time.perf_counter()
         small = frame.lores if frame.lores is not None else frame.image
         faces = self.detector.detect(small)
         if small is not frame.image:  # boxes found on the low-res stream, in main-stream pixels
@@ -76,12 +91,16 @@ class Pipeline:
             sy = frame.image.shape[0] / small.shape[0]
             faces = [Face((f.box[0] * sx, f.box[1] * sy, f.box[2] * sx, f.box[3] * sy), f.score,
                           tuple((x * sx, y * sy) for x, y in f.landmarks)) for f in faces]
+        detected = time.perf_counter()
         if not faces:
+            self.times = StageTimes(detected - started, 0.0)
             return []
         model = self.classifier
         probs = model.classify_all(frame.image, [f.box for f in faces])
         p_not = model.not_masked(probs)
         incorrect = model.card.incorrect_index
-        return [FaceResult(f, float(p), label_of(row, model.labels, float(p), self.threshold),
-                           None if incorrect is None else float(row[incorrect]))
-                for f, row, p in zip(faces, probs, p_not, strict=True)]
+        results = [FaceResult(f, float(p), label_of(row, model.labels, float(p), self.threshold),
+                              None if incorrect is None else float(row[incorrect]))
+                   for f, row, p in zip(faces, probs, p_not, strict=True)]
+        self.times = StageTimes(detected - started, time.perf_counter() - detected)
+        return results
