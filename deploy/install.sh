@@ -183,6 +183,12 @@ install_files() {
 }
 
 install_unit() {
+    # The unit's Documentation= link points here (the wheel keeps the README only as its metadata's description).
+    if ! cmp -s "$SRC/README.md" "$APP/README.md"; then
+        say "README $APP/README.md"
+        install -D -m 0644 "$SRC/README.md" "$APP/README.md"
+        changed=1
+    fi
     if ! cmp -s "$SRC/systemd/mask-appliance.service" "$UNIT"; then
         say "unit $UNIT"
         install -D -m 0644 "$SRC/systemd/mask-appliance.service" "$UNIT"

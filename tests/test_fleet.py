@@ -2,7 +2,8 @@
 the fake Pis of plugins/deploy.py: a good push, a model that does not match its card, a model the service
 refuses, --check, a new host key under an accept-new ssh config, a status that cannot be read yet, a Pi whose
 models folder another push holds (issue #13, item 9), and the gate: a model without a passing gate is refused
-unless forced, and a forced push says so and is recorded on the Pi as mask-deploy records it (issue #15)."""
+unless forced, and a forced push says so and is recorded on the Pi as mask-deploy records it (issue #15); and the
+Pi's copy of the checkout, which mirrors this one: a module deleted here is deleted there."""
 
 from __future__ import annotations
 
@@ -31,6 +32,11 @@ PLAYBOOK = REPO / "deploy/ansible/site.yml"
 def playbook(sshd, tmp_path: Path, hosts: list[str], model: Path, *args: str) -> subprocess.CompletedProcess:
     """ansible-playbook --tags push for `hosts`, reached through the test ssh_config (their names are its Host
     entries), each with its fake Pi's models folder."""
+    return ansible_playbook(sshd, tmp_path, hosts, "--tags", "push", "-e", f"model={model}", *args)
+
+
+def ansible_playbook(sshd, tmp_path: Path, hosts: list[str], *args: str) -> subprocess.CompletedProcess:
+    """ansible-playbook with `args` for `hosts`, as playbook() describes."""
     d, states = sshd
     inventory = {"mask_appliances": {
         "hosts": {h: {"ansible_host": h, "models_dir": str(states[h] / "models")} for h in hosts},
@@ -43,7 +49,7 @@ def playbook(sshd, tmp_path: Path, hosts: list[str], model: Path, *args: str) ->
            "ANSIBLE_CONFIG": str(tmp_path / "ansible.cfg"),
            "ANSIBLE_LOCAL_TEMP": str(tmp_path / "ansible-tmp"), "ANSIBLE_SSH_ARGS": "-o ControlMaster=no"}
     command = [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(tmp_path / "inventory.yml"),
-               str(PLAYBOOK), "--tags", "push", "-e", f"model={model}", *args]
+               str(PLAYBOOK), *args]
     return subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, timeout=300)
 
 
@@ -207,3 +213,53 @@ def test_a_forced_push_says_so_and_the_pi_records_it_as_mask_deploy_does(sshd, p
     assert swapped[0]["forced_push"]["reason"] == "its card has no gate"
     assert swapped[0]["forced_push"]["via"] == "ansible-playbook"
     no_leftovers(pi.state)
+
+
+def _tree(root: Path) -> dict[str, str]:
+    """Every path under root, relative, with "link" for a symbolic link, "dir" or the file's text."""
+    return {str(p.relative_to(root)): "link" if p.is_symlink() else "dir" if p.is_dir() else p.read_text()
+            for p in sorted(root.rglob("*"))}
+
+
+def test_the_pis_copy_of_the_checkout_mirrors_it_and_a_deleted_module_goes(sshd, tmp_path):
+    # A small checkout with the parts the playbook copies, appliance/models linking to models/ as here.
+    here = tmp_path / "checkout"
+    files = {"appliance/__init__.py": "", "appliance/door.py": "door", "appliance/old.py": "old",
+             "appliance/legacy/__init__.py": "", "appliance/legacy/gate.py": "gate", "models/card.json": "{}",
+             "training/__init__.py": "", "deploy/install.sh": "#!/bin/sh\n", "systemd/x.service": "[Unit]\n",
+             "pyproject.toml": "[project]\n", "README.md": "# x\n"}
+    for name, text in files.items():
+        (here / name).parent.mkdir(parents=True, exist_ok=True)
+        (here / name).write_text(text)
+    (here / "appliance/models").symlink_to("../models")
+    pi = tmp_path / "pi-checkout"  # not there yet: a Pi that was never installed
+
+    def sync(*args: str) -> subprocess.CompletedProcess:
+        run = ansible_playbook(sshd, tmp_path, ["pi-a"], "--tags", "checkout", "-e", f"repo={here}",
+                               "-e", f"checkout={pi}", *args)
+        assert run.returncode == 0, run.stdout
+        assert "WARNING" not in run.stdout, run.stdout
+        return run
+
+    expected = {**files, "appliance/models/card.json": "{}"}
+    assert "changed=1" in sync().stdout  # the first copy
+    assert {k: v for k, v in _tree(pi).items() if v != "dir"} == expected  # the link arrives as what it points to
+    (pi / "build").mkdir()  # something on the Pi that is none of the copied parts: left alone
+    (pi / "build/keep.txt").write_text("not a part the playbook copies")
+    expected["build/keep.txt"] = "not a part the playbook copies"
+
+    (here / "appliance/old.py").unlink()  # a module deleted, and a package renamed
+    (here / "appliance/legacy").rename(here / "appliance/gates")
+    before = _tree(pi)
+    checked = sync("--check")
+    assert "changed=2" in checked.stdout  # the removal would change the Pi, and the copy
+    assert _tree(pi) == before  # but --check changes nothing
+
+    assert "changed=2" in sync().stdout
+    del expected["appliance/old.py"]
+    expected["appliance/gates/__init__.py"] = expected.pop("appliance/legacy/__init__.py")
+    expected["appliance/gates/gate.py"] = expected.pop("appliance/legacy/gate.py")
+    tree = _tree(pi)
+    assert {k: v for k, v in tree.items() if v != "dir"} == expected
+    assert "appliance/legacy" not in tree  # the folder too, not just its files
+    assert "changed=0" in sync().stdout  # a third run has nothing to do

@@ -134,7 +134,15 @@ def test_first_install_puts_everything_in_place(fake):
     stage = Path(pip[-1].removesuffix("[pi]"))
     assert stage.parent == root / "opt/mask-appliance" and stage.name.startswith("build.") and not stage.exists()
     assert f"{stage}/deploy/constraints/trixie.txt" in pip
-    assert sorted(p.name for p in (root / "opt/mask-appliance").iterdir()) == [".stamp", "numpy-from-apt.txt", "venv"]
+    assert sorted(p.name for p in (root / "opt/mask-appliance").iterdir()) == [
+        ".stamp", "README.md", "numpy-from-apt.txt", "venv"]
+    # the unit's Documentation= link leads to the README, installed for everyone to read
+    unit = (REPO / "systemd/mask-appliance.service").read_text()
+    docs = re.findall(r"^Documentation=file://(/\S+)$", unit, re.MULTILINE)
+    assert docs == ["/opt/mask-appliance/README.md"]
+    readme = root / docs[0].lstrip("/")
+    assert readme.read_bytes() == (REPO / "README.md").read_bytes()
+    assert oct(readme.stat().st_mode)[-4:] == "0644"
     actions = [line for line in log if line.startswith("systemctl") and "is-" not in line]
     assert actions == ["systemctl daemon-reload", "systemctl enable mask-appliance", "systemctl start mask-appliance"]
     assert (root / "etc/mask-appliance/config.toml").read_text() == (REPO / "deploy/config.pi.toml").read_text()
@@ -162,6 +170,18 @@ def test_running_it_again_changes_nothing_and_keeps_an_edited_config(fake):
               or line.startswith(("systemctl enable", "systemctl start", "systemctl restart", "systemctl daemon"))]
     assert acting == []
     assert tree(root) == before
+
+
+def test_a_missing_readme_is_put_back_without_restarting_the_service(fake):
+    root, run = fake
+    run()
+    readme = root / "opt/mask-appliance/README.md"
+    readme.unlink()
+    out, log = run()
+    assert "nothing to change" not in out and f"install: README {readme}" in out
+    assert readme.read_bytes() == (REPO / "README.md").read_bytes()
+    assert not any(line.startswith(("pip install", "systemctl restart")) for line in log)
+    assert "nothing to change" in run()[0]
 
 
 def test_new_code_is_reinstalled_and_the_service_restarted(fake, tmp_path):
