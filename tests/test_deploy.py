@@ -6,15 +6,28 @@ from __future__ import annotations
 import grp
 import hashlib
 import json
+import os
 import pwd
+import secrets
 import shutil
+import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
 from support.data import SHIPPED
-from support.deploy import DEPLOY_GROUP, DEPLOY_USER, deploy, sha_of
+from support.deploy import (
+    DEPLOY_NAME,
+    deploy,
+    group_of,
+    lock_test_user,
+    remove_stale_test_users,
+    remove_test_user,
+    sha_of,
+)
 
 from deploy import cli
 from deploy.cli import main
@@ -50,10 +63,58 @@ def test_a_deploy_user_who_does_not_own_the_live_model_pushes_and_rolls_back(ssh
         capsys.readouterr().out
     assert pi.sha256 == new
     live = (models / "mask_classifier.tflite").stat()  # put there by the deploy user, in the folder's group
-    assert pwd.getpwuid(live.st_uid).pw_name == DEPLOY_USER and grp.getgrgid(live.st_gid).gr_name == DEPLOY_GROUP
+    assert pwd.getpwuid(live.st_uid).pw_name == deploy_user.name
+    assert grp.getgrgid(live.st_gid).gr_name == deploy_user.group
     assert (models / "mask_classifier.previous.tflite").read_bytes() == SHIPPED.read_bytes()
     assert deploy(sshd, "rollback", "pi-deployer") == 0, capsys.readouterr().out
     assert pi.sha256 == old
+
+
+# Another test run, as far as the test users go: it holds its user's lock until it ends.
+HOLD_LOCK = """import sys, time
+from support.deploy import lock_test_user
+assert lock_test_user(sys.argv[1]) is not None
+print("locked", flush=True)
+time.sleep(600)
+"""
+
+
+def test_the_deploy_user_is_this_runs_own_and_only_a_killed_runs_is_removed(deploy_user):
+    """Two test runs at once on one machine (two checkouts) each make their own deploy user; a run removes another
+    run's leftovers only once that run is dead (its lock gone with its process), never those of one still running."""
+    if deploy_user is None:
+        pytest.skip("needs root, to make users")
+    assert DEPLOY_NAME.fullmatch(deploy_user.name) and deploy_user.group == group_of(deploy_user.name)
+    assert len(deploy_user.name) <= 32 and len(deploy_user.group) <= 32  # useradd's and groupadd's limit
+    assert deploy_user.name.split("-")[1] == str(os.getpid())
+    runs = {}
+    try:
+        for run in ("running", "killed"):  # each a process that takes its lock and holds it until it ends
+            user = f"mdtest-{os.getpid()}-{secrets.token_hex(3)}"
+            holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, user], cwd=Path(__file__).parent,
+                                      stdout=subprocess.PIPE, text=True)
+            runs[run] = (user, holder)
+            assert holder.stdout.readline() == "locked\n"
+            subprocess.run(["groupadd", "--system", group_of(user)], check=True)
+            subprocess.run(["useradd", "--system", "--no-create-home", "--groups", group_of(user), user], check=True)
+        killed, holder = runs["killed"]
+        holder.send_signal(signal.SIGKILL)  # killed between making its user and removing it
+        holder.wait(10)
+        assert killed in remove_stale_test_users()
+        with pytest.raises(KeyError):
+            pwd.getpwnam(killed)
+        with pytest.raises(KeyError):
+            grp.getgrnam(group_of(killed))
+        running = runs["running"][0]
+        assert pwd.getpwnam(running).pw_name == running and grp.getgrnam(group_of(running))  # left alone
+        assert pwd.getpwnam(deploy_user.name) and grp.getgrnam(deploy_user.group)  # and so is our own
+        assert lock_test_user(running) is None
+    finally:
+        for user, holder in runs.values():
+            holder.kill()
+            holder.wait(10)
+            if (lock := lock_test_user(user)) is not None:
+                remove_test_user(user, lock)
 
 
 def test_a_corrupted_transfer_is_refused_and_the_live_model_untouched(sshd, pis, variants, capsys):

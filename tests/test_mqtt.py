@@ -122,6 +122,11 @@ class Subscriber:
         with self._lock:
             return [(p, r) for t, p, r in self.messages if t == topic]
 
+    def newest(self, topic: str) -> dict | None:
+        """The JSON of the last message seen on `topic`, or None before the first."""
+        seen = self.on(topic)
+        return json.loads(seen[-1][0]) if seen else None
+
     def events(self) -> list[dict]:
         return [json.loads(p) for t, p, _ in list(self.messages) if t.endswith("/event")]
 
@@ -380,49 +385,62 @@ def topic_component(by_key: dict, key: str) -> str:
 
 
 def test_broker_killed_and_back_no_gap(broker, tmp_path):
+    """A broker that hangs, then dies, then comes back: recording never waits on it, and afterwards every event
+    the log holds reaches a subscriber, oldest first. No clock decides it: while the broker hangs it answers
+    nothing, however busy the machine, so only a recording path that never waits on the network can finish."""
     out, log = make(broker.port, tmp_path)
     record = feed(log, [out])
     sub = Subscriber(broker.port)
+
+    def decisions(n: int, first_frame: int) -> None:
+        for i in range(n):
+            record("decision", "deny" if i % 2 else "allow", masked=1, unmasked=0, incorrect=0, door="released")
+            log.status({**STATUS, "frames": first_frame + i})
+
     try:
         log.status(STATUS)
         wait_for(lambda: sub.on("mask-appliance/door-1/state"), what="state")
-        for i in range(3):
-            record("decision", "deny" if i % 2 else "allow", masked=1, unmasked=0, incorrect=0, door="released")
+        decisions(3, 10)
         wait_for(lambda: len(sub.events()) == 3, what="three events")
         before = [e["id"] for e in sub.events()]
+        # Hung: a stopped process keeps its sockets open, so the link still looks up (paho gives up on it only
+        # after one and a half keepalives, 45 s) while nothing is read or acknowledged. A publish that waited for
+        # the broker, in on_record or on_status or anywhere else on the event writer's thread, would wait until
+        # SIGCONT, which never comes: flush() would give up after its 10 s (a hang detector, not a speed limit).
+        broker.proc.send_signal(signal.SIGSTOP)
+        decisions(10, 100)
+        assert log.flush(timeout=10), "the event writer waited on a broker that does not answer"
+        assert out.connected, "the link went down: the calls above did not meet a hung broker"
+        assert len(sub.events()) == 3  # and the broker took nothing in the meantime
+        unacknowledged = set(event_ids(log.path)) - set(before)
+        # Down: killed, its port closed. Decisions go on the same way.
         broker.kill()
         sub.close()
-        # The broker is gone: decisions go on, each recorded at once (feed() asserts < 20 ms per on_record).
         wait_for(lambda: not out.connected, what="the loss to be seen")
-        started = time.perf_counter()
-        for i in range(20):
-            record("decision", "deny" if i % 2 else "allow", masked=1, unmasked=0, incorrect=0, door="released")
-            log.status({**STATUS, "frames": 100 + i})
-        log.flush()
-        assert time.perf_counter() - started < 1.0
-        # Straight from the writer's seat: each call returns at once with the broker gone.
-        worst = 0.0
-        for _ in range(200):
-            t0 = time.perf_counter()
-            out.on_record({"id": 0, "time": time.time(), "kind": "start", "state": None, "detail": {}})
-            out.on_status({**STATUS, "frames": 119})
-            worst = max(worst, time.perf_counter() - t0)
-        assert worst < 0.005, f"an on_* call took {worst * 1000:.1f} ms with the broker down"
+        decisions(10, 110)
+        assert log.flush(timeout=10), "the event writer waited on a broker that is down"
         broker.start()  # same port, and no retained message survived
         sub = Subscriber(broker.port, client_id="test-sub-2")
         wait_for(lambda: sub.on("mask-appliance/door-1/availability"), timeout=20, what="online again")
         assert sub.on("mask-appliance/door-1/availability")[-1][0] == b"online"
-        state = json.loads(wait_for(lambda: sub.on("mask-appliance/door-1/state"), what="fresh state")[-1][0])
-        assert state["frames"] == 119 and state["allows"] + state["denials"] == 23
+        # paho first sends again the states the hung broker never acknowledged (frames 100..109), then comes the
+        # newest; the retained one, which a later subscriber gets, must be the newest too.
+        topic = "mask-appliance/door-1/state"
+        wait_for(lambda: (sub.newest(topic) or {}).get("frames") == 119, what="the newest state")
+        assert sub.newest(topic)["allows"] + sub.newest(topic)["denials"] == 23
+        late = Subscriber(broker.port, client_id="test-sub-late")
+        assert wait_for(lambda: late.newest(topic), what="the retained state")["frames"] == 119
+        late.close()
         assert len({t for t, _, _ in sub.messages if t.startswith("homeassistant/")}) == 8
         # Every event the log holds reached a subscriber: the three before, the backlog after, no gap. The
         # outage itself is in the log as a fault and is sent too.
         wanted = event_ids(log.path)
         wait_for(lambda: {e["id"] for e in sub.events()} >= set(wanted[3:]), timeout=15, what="the backlog")
         after = [e["id"] for e in sub.events()]
-        assert after == sorted(after), "the backlog goes oldest first"
+        assert list(dict.fromkeys(after)) == sorted(set(after)), "the backlog goes oldest first"
         assert set(before) | set(after) == set(wanted) and len(wanted) >= 24  # 23 decisions and the outage
-        assert len(after) == len(set(after))
+        # At least once (mqtt_events.py): only what the hung broker never acknowledged may come twice.
+        assert {i for i in after if after.count(i) > 1} <= unacknowledged
         faults = sqlite3.connect(log.path).execute("SELECT detail FROM events WHERE kind = 'fault'").fetchall()
         assert any(json.loads(d)["what"] == "mqtt" and "lost" in json.loads(d)["reason"] for (d,) in faults)
     finally:

@@ -15,7 +15,7 @@ from pathlib import Path
 import cv2
 import pytest
 from support.data import SCENES, SHIPPED
-from support.deploy import DEPLOY_GROUP, deploy, sha_of, ungated
+from support.deploy import deploy, sha_of, ungated
 
 from appliance import config
 from appliance.reporting.collect import CollectConfig, Collector
@@ -172,7 +172,7 @@ def test_the_deploy_user_pulls_from_the_services_folder_others_cannot_read(sshd,
     if deploy_user is None:
         pytest.skip("needs root, to make a second user and let sshd log in as it")
     state = sshd[1]["pi-deployer"]
-    crops = collect_on(state, 3, group=DEPLOY_GROUP)  # owned by root (the service here), group: the deploy user's
+    crops = collect_on(state, 3, group=deploy_user.group)  # owned by root (the service here), group: the deploy user's
     folder = state / "collect"
     assert folder.stat().st_uid == 0 and folder.stat().st_mode & 0o007 == 0
     assert all((folder / n).stat().st_mode & 0o007 == 0 for n in crops)  # nobody else reads a face

@@ -17,7 +17,15 @@ from pathlib import Path
 
 import pytest
 from support.data import SHIPPED
-from support.deploy import DEPLOY_GROUP, DEPLOY_USER, PASSING_GATE
+from support.deploy import (
+    DEPLOY_GROUP,
+    DEPLOY_USER,
+    PASSING_GATE,
+    DeployUser,
+    lock_test_user,
+    remove_stale_test_users,
+    remove_test_user,
+)
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 
@@ -49,19 +57,22 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def deploy_user():
-    """A real non-root user and its group, made for these tests and removed after them; None unless root."""
+    """This run's own non-root user and its group (DEPLOY_USER, DEPLOY_GROUP), made for these tests and removed
+    after them, as a DeployUser; None unless root."""
     if os.geteuid() != 0:
         yield None
         return
-    for leftover in (["userdel", DEPLOY_USER], ["groupdel", DEPLOY_GROUP]):  # from a run that was killed
-        subprocess.run(leftover, check=False, capture_output=True)
-    subprocess.run(["groupadd", "--system", DEPLOY_GROUP], check=True)
-    # Password "*": no password, but not locked ("!"), which sshd without PAM refuses even for key logins.
-    subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/bin/sh", "--password", "*",
-                    "--groups", DEPLOY_GROUP, DEPLOY_USER], check=True)
-    yield DEPLOY_USER
-    subprocess.run(["userdel", DEPLOY_USER], check=False)
-    subprocess.run(["groupdel", DEPLOY_GROUP], check=False)
+    lock = lock_test_user(DEPLOY_USER)  # first: from now on no other run takes our names for a killed run's
+    assert lock is not None, f"{DEPLOY_USER}: locked by another process"
+    remove_stale_test_users()
+    try:
+        subprocess.run(["groupadd", "--system", DEPLOY_GROUP], check=True)
+        # Password "*": no password, but not locked ("!"), which sshd without PAM refuses even for key logins.
+        subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/bin/sh", "--password", "*",
+                        "--groups", DEPLOY_GROUP, DEPLOY_USER], check=True)
+        yield DeployUser(DEPLOY_USER, DEPLOY_GROUP)
+    finally:
+        remove_test_user(DEPLOY_USER, lock)
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +108,7 @@ def sshd(deploy_user):
     for name, state in hosts.items():
         known = d / {"pi-stranger": "empty_known_hosts", "pi-newkey": "newkey_known_hosts"}.get(name, "known_hosts")
         extra = {"pi-corrupt": " CORRUPT_UPLOADS=1", "pi-banner": " LOGIN_BANNER=1"}.get(name, "")  # one SetEnv
-        user = deploy_user if name == "pi-deployer" and deploy_user else getpass.getuser()
+        user = deploy_user.name if name == "pi-deployer" and deploy_user else getpass.getuser()
         # An operator's config that forwards everything it can: mask-deploy must forward nothing.
         hostile = ("  ForwardAgent yes\n  ForwardX11 yes\n  ForwardX11Trusted yes\n"
                    f"  LocalForward 127.0.0.1:{_free_port()} 127.0.0.1:{port}\n"
@@ -124,7 +135,7 @@ def sshd(deploy_user):
 
 
 @pytest.fixture
-def pis(sshd):
+def pis(sshd, deploy_user):
     """pis(*names, fresh=True): start a fake Pi with the real service for each of the test ssh_config's host
     names (fresh: its folder emptied and the shipped model put live); each is stopped after the test."""
     from support.pi import Pi  # here, not above: only the tests that start a Pi load the service
@@ -136,7 +147,8 @@ def pis(sshd):
         for name in names:
             if hosts[name].exists() and fresh:
                 shutil.rmtree(hosts[name])
-            started.append(Pi(hosts[name], DEPLOY_GROUP if name == "pi-deployer" else None, fresh))
+            group = deploy_user.group if name == "pi-deployer" and deploy_user else None
+            started.append(Pi(hosts[name], group, fresh))
         return started[-len(names):]
 
     yield start
