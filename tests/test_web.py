@@ -324,7 +324,9 @@ def test_the_service_serves_metrics_that_match_its_event_log(model_dir, tmp_path
     for state in ("idle", "allow", "deny"):
         assert m[("mask_appliance_decisions_total", (("decision", state),))] == decisions.get(state, 0)
     assert m[("mask_appliance_frames_total", ())] == service.frames == 48
-    assert m[("mask_appliance_stage_seconds_count", (("stage", "detect"),))] == 48
+    for stage in ("detect", "classify"):  # every frame here has a face: classification is timed on each
+        assert m[("mask_appliance_stage_seconds_count", (("stage", stage),))] == 48
+        assert m[("mask_appliance_stage_seconds_sum", (("stage", stage),))] > 0
     assert m[("mask_appliance_model_info", (("model", str(model_dir / "mask_classifier.tflite")),
                                             ("sha256", service.pipeline.classifier.sha256)))] == 1
     assert status["model_sha256"] == service.pipeline.classifier.sha256 and status["frames"] <= 48
