@@ -43,7 +43,7 @@ def trained3(sources, tmp_path_factory):
     out = tmp_path_factory.mktemp("run3")
     summary = train(TrainConfig(data=list(sources), out=out, base_weights=str(WEIGHTS_100), input_size=128,
                                 epochs=4, learning_rate=1e-3, calibration_samples=32, augment=False,
-                                min_agreement=0.85))
+                                min_agreement=0.85, made_incorrect=10))
     return out, summary
 
 
@@ -70,7 +70,11 @@ def test_card_records_three_classes_each_source_and_the_chosen_threshold(trained
     choice = card.metrics["threshold_choice"]
     assert card.threshold == choice["threshold"] and "TNR >= 0.97" in choice["rule"]
     assert choice["source"].endswith("validation part")
-    assert set(card.metrics["validation_by_source"]) == {"crops", sources[1].parent.name}
+    assert set(card.metrics["validation_by_source"]) == {"crops", sources[1].parent.name}  # made: training only
+    made = by_kind["made"]
+    assert made["train_counts"] == {"with_mask": 0, "without_mask": 0, "incorrect_mask": 10}
+    assert sum(made["validation_counts"].values()) == 0 and len(made["sha256"]) == 64
+    assert card.training["train_counts"]["incorrect_mask"] == scenes["train_counts"]["incorrect_mask"] + 10
     tables = json.loads((out / "thresholds.json").read_text())
     assert all(len(t) == 9 for t in tables.values())
     assert card.metrics["parity"]["agreement"] >= card.metrics["parity"]["min_agreement"] == 0.85

@@ -56,6 +56,9 @@ def _train_parser(family: cliparse.Family, export: bool = False) -> None:
     p.add_argument("--class-weight-power", type=float,
                    help="class weights are (share of the class)^-power: 1 is inverse frequency, 0.5 its square root "
                         "(default 1; with --init, the power that model was trained with)")
+    p.add_argument("--made-incorrect", type=int, default=d.made_incorrect, metavar="N",
+                   help="add N incorrect_mask faces made from the training parts: unmasked faces wearing masked "
+                        "faces' masks under the nose (training/synth.py; default 0)")
     p.add_argument("--no-augment", dest="augment", action="store_false",
                    help="train on the crops as they are (no augmentation)")
     p.add_argument("--crop-margin", type=float, default=d.crop_margin,

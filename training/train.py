@@ -82,6 +82,8 @@ class TrainConfig:
     # and each source's weight per crop by name (a door's default: DOOR_SHARE of the whole training weight).
     init: Path | None = None
     weights: dict[str, float] = field(default_factory=dict)
+    # Masks worn under the nose, made from the training parts (training/synth.py): one more source of this many.
+    made_incorrect: int = 0
     sources: list[dict] = field(default_factory=list, repr=False)  # filled in by the run: what each source gave
 
     @property
@@ -133,6 +135,22 @@ def _scene_source(path: Path, cfg: TrainConfig) -> Source:
     if (path.parent / label.STATE_FILE).is_file():
         info["kind"] = "door"  # labels the labelling page wrote: a door's own crops, held-back part for the gate
     return Source(path.parent.name, train_set, val_set, info, train_set.skipped + val_set.skipped)
+
+
+def _made_source(cfg: TrainConfig, train: CropSet) -> Source:
+    """`cfg.made_incorrect` under-nose masks made from the other sources' training parts (never validation)."""
+    import hashlib
+
+    from training.synth import under_nose
+
+    made = under_nose(train, cfg.made_incorrect, cfg.seed)
+    info = {"kind": "made", "how": "training.synth.under_nose: an unmasked training face wearing a masked one's "
+                                   "mask under the nose, aligned by YuNet's landmarks",
+            "sha256": hashlib.sha256(made.images.tobytes()).hexdigest(), "counts": made.counts(),
+            "split": "training only", "train_counts": made.counts(),
+            "validation_counts": {k: 0 for k in made.counts()}}
+    log.info("under-nose masks made: %d", len(made))
+    return Source("under-nose (made)", made, made.subset(np.array([], int)), info)
 
 
 def sources_hash(sources: list[Source]) -> str:
@@ -251,6 +269,8 @@ def _prepare(cfg: TrainConfig):
     if cfg.threshold_scenes is not None and not Path(cfg.threshold_scenes).is_file():  # before hours of training
         raise DataError(f"--threshold-scenes {cfg.threshold_scenes}: scene labels not found")
     sources = load_sources(cfg)
+    if cfg.made_incorrect > 0:
+        sources.append(_made_source(cfg, CropSet.concat([s.train for s in sources])))
     train_set = CropSet.concat([s.train for s in sources])
     val_set = CropSet.concat([s.val for s in sources])
     has_incorrect = bool((train_set.labels == LABELS.index("incorrect_mask")).any())
@@ -477,6 +497,8 @@ def _finish(cfg: TrainConfig, model, sources: list[Source], train_set: CropSet, 
     per_source = {}
     tables = {}
     for s in sources:
+        if not len(s.val):  # made faces: training only
+            continue
         probs = tflite.predict_all(s.val.images)
         p = tflite.not_masked(probs)
         per_source[s.name] = {k: v for k, v in report.crop_metrics(p, s.val.labels, threshold, probs, card.labels)
