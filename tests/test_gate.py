@@ -146,3 +146,33 @@ def test_bad_input_is_one_line(tmp_path, parts):
     args = parser.parse_args(["new.tflite", "--baseline", "old.tflite", "--scenes", "a.csv", "--door-labels",
                               "b.csv", "c.csv"])
     assert args.door_labels == [Path("b.csv"), Path("c.csv")] and args.tolerance == 0.01
+    assert (args.visits, args.visit_tolerance) == (30, 1)  # the door's visits are judged unless told not to
+    bad = argparse.Namespace(new=SHIPPED, baseline=SHIPPED, scenes=[shared], door_labels=[door], tolerance=0.01,
+                             visits=-1, visit_tolerance=1)
+    with pytest.raises(ValueError, match="--visits -1 / --visit-tolerance 1: must be 0 or more"):
+        gate.run(bad)
+
+
+def test_visit_verdict_names_each_door_figure_worse_by_more_than_the_tolerance():
+    old = {"unmasked": 20, "unmasked_denied": 20, "masked": 10, "masked_denied": 0, "incorrect": 6,
+           "incorrect_denied": 5, "allow_before_deny": 0}
+    assert gate.visit_verdict("s", dict(old, unmasked_denied=19, masked_denied=1), old, 1) == []
+    reasons = gate.visit_verdict("s", dict(old, unmasked_denied=18, masked_denied=2, incorrect_denied=6,
+                                           allow_before_deny=2), old, 1)
+    assert reasons == ["unmasked denied on s visits 18/20 against 20/20 (more than 1 visit worse)",
+                       "masked denied on s visits 2/10 against 0/10 (more than 1 visit worse)",
+                       "allow before deny on s visits 2 against 0 (more than 1 visit worse)"]
+
+
+def test_a_model_less_sure_of_itself_denies_fewer_visitors_and_the_door_visits_refuse_it(tmp_path, parts):
+    """The shipped model under a 0.99 threshold: on crops it still stops most unmasked faces (p is often 0.996), but
+    the policy weighs a vote by how far p is past the threshold, so hardly a frame votes and visitors go through."""
+    door, shared = parts
+    old, new = variant(tmp_path, SHIPPED_THRESHOLD), variant(tmp_path, 0.99)
+    result = gate.gate(new, old, [shared], [door], tolerance=0.5, visits=4)
+    v = result["visits"]["sets"]["scenes-ilc-part/labels.csv"]
+    assert result["visits"]["per_label"] == 4 and v["old"]["unmasked"] == v["new"]["unmasked"] >= 4
+    assert v["old"]["unmasked_denied"] >= v["old"]["unmasked"] - 1  # the shipped model denies them
+    assert v["new"]["unmasked_denied"] < v["old"]["unmasked_denied"] - 1
+    assert f"unmasked denied on scenes-ilc-part/labels.csv visits {v['new']['unmasked_denied']}/" in result["reason"]
+    assert result["passed"] is False and card_gate(new)["visits"] == result["visits"]

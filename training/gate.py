@@ -9,7 +9,14 @@ threshold) on faces cut from labelled boxes (as `mask-train evaluate` does), on 
 
 NEW passes only when it is nowhere worse than OLD by more than the tolerance (TNR, FNR and, where there are such
 faces, incorrect masks stopped; 0.01 by default) and strictly better on every door's held-back part (lower door
-error: (1 - TNR) + FNR, + (1 - incorrect stopped) where there are incorrect masks). The card keeps the model's
+error: (1 - TNR) + FNR, + (1 - incorrect stopped) where there are incorrect masks).
+
+Crop figures at a threshold are not what the door does: the policy weighs each frame's vote by how sure the model
+is, so a model as good on crops but less sure of itself (another calibration) can deny fewer unmasked visitors.
+With `--visits N` (30 by default; 0: off) both models also judge the same seeded approach visits made from each
+shared set's validation part (training.visits, the default config's policy), and NEW may not deny fewer unmasked
+or incorrectly masked visitors, wrongly deny more masked ones, or `allow` before a `deny` more often, by more than
+`--visit-tolerance` visits (1). The card keeps the model's
 sha256 (the model is not touched), so it stays valid; `mask-deploy push` refuses a card without a passing gate.
 """
 
@@ -29,6 +36,11 @@ from training import report
 from training.evaluate import label_crops, read_scene_labels, scene_part
 
 TOLERANCE = 0.01  # one face in a hundred: below what a validation part of a few hundred faces can resolve
+VISITS = 30  # one-person visits per label on each shared set (and a third as many pairs of each kind): ~2 min a model
+VISIT_TOLERANCE = 1  # one visit: a single hard face can flip between two equally good models
+# (count, its total, +1 more is better / -1 fewer is better)
+VISIT_FIGURES = (("unmasked_denied", "unmasked", +1), ("incorrect_denied", "incorrect", +1),
+                 ("masked_denied", "masked", -1), ("allow_before_deny", None, -1))
 METRICS = (("tnr", +1), ("fnr", -1), ("incorrect_stopped", +1))  # (name, +1 higher is better / -1 lower is)
 
 
@@ -42,6 +54,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "and NEW must be better on each")
     parser.add_argument("--tolerance", type=float, default=TOLERANCE,
                         help=f"how much worse NEW may be on any rate of any part (default {TOLERANCE})")
+    parser.add_argument("--visits", type=int, default=VISITS,
+                        help=f"one-person approach visits per label made from each --scenes set's validation part, "
+                             f"judged by both models through the door's policy (default {VISITS}; 0: no visits)")
+    parser.add_argument("--visit-tolerance", type=int, default=VISIT_TOLERANCE,
+                        help=f"how many visits worse NEW may be on any door figure (default {VISIT_TOLERANCE})")
 
 
 def score(model: MaskClassifier, labels_csv: Path) -> dict[str, Any]:
@@ -80,8 +97,33 @@ def verdict(parts: dict[str, dict[str, Any]], tolerance: float) -> tuple[bool, l
     return not reasons, reasons
 
 
+def visit_verdict(name: str, new: dict[str, int], old: dict[str, int], tolerance: int) -> list[str]:
+    """Every door figure (training.visits.door_counts) on which NEW is more than `tolerance` visits worse."""
+    reasons = []
+    for key, total, sign in VISIT_FIGURES:
+        if sign * (old[key] - new[key]) > tolerance:
+            of = f"/{new[total]}" if total else ""
+            reasons.append(f"{key.replace('_', ' ')} on {name} visits {new[key]}{of} against {old[key]}{of} "
+                           f"(more than {tolerance} visit{'s' if tolerance != 1 else ''} worse)")
+    return reasons
+
+
+def door_figures(model: MaskClassifier, labels_csv: Path, n: int) -> dict[str, Any]:
+    """The model's door figures on `n` seeded one-person visits per label (and n // 3 pairs of each kind) made from
+    the validation part of a labelled set, under the default config."""
+    from appliance import config
+    from appliance.deciding.policy import Policy
+    from training import visits
+
+    cfg = config.load(None)
+    run = visits.door_visits(cfg, model, labels_csv, "val", n, n // 3, seed=17)
+    table = visits.summarise([visits.judge(v, run.frames[v.id], Policy(cfg.policy, run.threshold))
+                              for v in run.visits])
+    return visits.door_counts(table)
+
+
 def gate(new_path: Path, baseline: Path, scenes: list[Path], doors: list[Path],
-         tolerance: float = TOLERANCE) -> dict[str, Any]:
+         tolerance: float = TOLERANCE, visits: int = 0, visit_tolerance: int = VISIT_TOLERANCE) -> dict[str, Any]:
     """Score both models on every part, write the verdict into NEW's card (atomically) and return it."""
     if not doors:
         raise ValueError("the gate needs at least one door's labels (--door-labels)")
@@ -93,6 +135,12 @@ def gate(new_path: Path, baseline: Path, scenes: list[Path], doors: list[Path],
             parts[name] = {"role": role, "labels": str(labels_csv), "new": score(new, labels_csv),
                            "old": score(old, labels_csv)}
     passed, reasons = verdict(parts, tolerance)
+    door_visits: dict[str, dict[str, Any]] = {}
+    for labels_csv in scenes if visits > 0 else []:
+        name = f"{Path(labels_csv).parent.name}/{Path(labels_csv).name}"
+        door_visits[name] = {"new": door_figures(new, labels_csv, visits), "old": door_figures(old, labels_csv, visits)}
+        reasons += visit_verdict(name, door_visits[name]["new"], door_visits[name]["old"], visit_tolerance)
+    passed = not reasons
     result = {
         "passed": passed,
         "reason": "; ".join(reasons) if reasons else
@@ -102,6 +150,7 @@ def gate(new_path: Path, baseline: Path, scenes: list[Path], doors: list[Path],
         "model_sha256": new.sha256,
         "time": round(time.time(), 3),
         "parts": parts,
+        "visits": {"per_label": visits, "tolerance": visit_tolerance, "sets": door_visits} if visits > 0 else None,
     }
     write_gate(card_path_for(new_path), result, new.sha256)
     return result
@@ -146,6 +195,12 @@ def format_result(result: dict[str, Any]) -> str:
         lines.append(f"{label:<34} {n['n']:>5}  {_f(o['tnr']):>7} {_f(n['tnr'])}  {_f(o['fnr']):>7} {_f(n['fnr'])}  "
                      f"{_f(o['incorrect_stopped']):>10} {_f(n['incorrect_stopped'])}  {_f(o['error']):>9} "
                      f"{_f(n['error'])}")
+    for name, v in ((result.get("visits") or {}).get("sets") or {}).items():
+        o, n = v["old"], v["new"]
+        lines.append(f"{name} visits: unmasked denied {o['unmasked_denied']} -> {n['unmasked_denied']} of "
+                     f"{n['unmasked']}, incorrect denied {o['incorrect_denied']} -> {n['incorrect_denied']} of "
+                     f"{n['incorrect']}, masked wrongly denied {o['masked_denied']} -> {n['masked_denied']} of "
+                     f"{n['masked']}, allow before deny {o['allow_before_deny']} -> {n['allow_before_deny']}")
     lines.append(f"gate {'PASSED' if result['passed'] else 'REFUSED'} (tolerance {result['tolerance']}): "
                  f"{result['reason']}")
     return "\n".join(lines)
@@ -155,7 +210,11 @@ def run(args: argparse.Namespace) -> int:
     """0: passed; 1: refused (the card says why either way)."""
     if not 0 <= args.tolerance < 1:
         raise ValueError(f"--tolerance {args.tolerance} is not between 0 and 1")
-    result = gate(args.new, args.baseline, list(args.scenes), list(args.door_labels), args.tolerance)
+    visits, visit_tolerance = getattr(args, "visits", 0), getattr(args, "visit_tolerance", VISIT_TOLERANCE)
+    if visits < 0 or visit_tolerance < 0:
+        raise ValueError(f"--visits {visits} / --visit-tolerance {visit_tolerance}: must be 0 or more")
+    result = gate(args.new, args.baseline, list(args.scenes), list(args.door_labels), args.tolerance, visits,
+                  visit_tolerance)
     print(format_result(result))
     print(f"verdict written to {card_path_for(args.new)}")
     return 0 if result["passed"] else 1

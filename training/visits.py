@@ -312,6 +312,63 @@ def verdicts_from_json(data: list) -> list[tuple[float, list[Verdict]]]:
     return [(t, [Verdict(tuple(v[:4]), v[4], v[5], v[6]) for v in vs]) for t, vs in data]
 
 
+@dataclass
+class DoorRun:
+    """One model's seeded visits of one labelled set: every frame's faces, and the faces on their still photos."""
+
+    visits: list[Visit]
+    frames: dict[str, list[tuple[float, list[Verdict]]]]
+    still: dict[str, dict[str, float]]
+    threshold: float
+
+
+def door_visits(cfg, model, labels_csv: Path, split: str, max_visits: int, pairs: int, seed: int,
+                r: Render | None = None) -> DoorRun:
+    """Make the seeded visits of a labelled set's `split` (val, train or all) and run `model` (a loaded
+    MaskClassifier) with cfg's detector on every frame. The same seed and set make the same videos for any model."""
+    from appliance.seeing.pipeline import Pipeline
+    from appliance.seeing.sources import Frame
+    from training.splits import split_scenes
+
+    r = r or Render()
+    labels = read_labels(labels_csv)
+    photos = None
+    if split != "all":
+        train, val = split_scenes(labels_csv)
+        photos = val if split == "val" else train
+    visits = plan_visits(source_faces(labels, photos, r.end), max_visits, pairs, seed)
+    if not visits:
+        raise ValueError(f"{labels_csv}: no face at least {r.end:g} px tall in its {split} part")
+    pipeline = Pipeline.from_config(cfg, model)
+    started = time.monotonic()
+    frames = {}
+    photo_cache: dict[str, np.ndarray] = {}
+    for n, visit in enumerate(visits):
+        frames[visit.id] = [(t, [Verdict.of(x) for x in pipeline.run(Frame(image, t, i))])
+                            for i, (t, image, _) in enumerate(render(visit, r, photo_cache))]
+        if len(photo_cache) > 64:
+            photo_cache.clear()
+        if (n + 1) % 25 == 0:
+            log.info("%d/%d visits, %.0f s", n + 1, len(visits), time.monotonic() - started)
+    used = {id(f): f for v in visits for f in v.faces}
+    return DoorRun(visits, frames, still_figures(list(used.values()), pipeline), pipeline.threshold)
+
+
+def door_counts(table: dict[str, dict]) -> dict[str, int]:
+    """What the door did, in visits, from a summarise() table: visits with someone unmasked (alone or beside a masked
+    person) and how many were denied, masked-only visits and how many were wrongly denied, incorrectly masked visits
+    and how many were denied, and visits of someone not properly masked that saw an `allow` before the deny."""
+    def total(kinds, key):
+        return sum(table[k][key] for k in kinds if k in table)
+
+    unmasked = ("without_mask", "with_mask+without_mask", "without_mask+without_mask")
+    masked = ("with_mask", "with_mask+with_mask")
+    return {"unmasked": total(unmasked, "visits"), "unmasked_denied": total(unmasked, "denied"),
+            "masked": total(masked, "visits"), "masked_denied": total(masked, "denied"),
+            "incorrect": total(("incorrect_mask",), "visits"), "incorrect_denied": total(("incorrect_mask",), "denied"),
+            "allow_before_deny": total((*unmasked, "incorrect_mask"), "allow_before_deny")}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("labels", type=Path, nargs="?", help="a scene set's labels.csv (image_path,x1,y1,x2,y2,label)")
     parser.add_argument("--split", choices=("val", "train", "all"), default="all",
@@ -370,34 +427,11 @@ def _run(args: argparse.Namespace) -> int:
             print("visits: give a labels.csv, or --replay FILE", file=sys.stderr)
             return 2
         from appliance.seeing.classifier import load_model
-        from appliance.seeing.pipeline import Pipeline
-        from appliance.seeing.sources import Frame
-        from training.splits import split_scenes
 
-        labels = read_labels(args.labels)
-        photos = None
-        if args.split != "all":
-            train, val = split_scenes(args.labels)
-            photos = val if args.split == "val" else train
-        faces = source_faces(labels, photos, args.end)
-        visits = plan_visits(faces, args.max_visits, args.pairs, args.seed)
-        if not visits:
-            print(f"visits: no face at least {args.end:g} px tall in {args.labels}", file=sys.stderr)
-            return 1
-        pipeline = Pipeline.from_config(cfg, load_model(cfg.classifier.model, args.threads))
-        threshold = pipeline.threshold
         r = Render(start=args.start, end=args.end, seconds=args.seconds, fps=args.fps)
-        frames = {}
-        photo_cache: dict[str, np.ndarray] = {}
-        for n, visit in enumerate(visits):
-            frames[visit.id] = [(t, [Verdict.of(x) for x in pipeline.run(Frame(image, t, i))])
-                                for i, (t, image, _) in enumerate(render(visit, r, photo_cache))]
-            if len(photo_cache) > 64:
-                photo_cache.clear()
-            if (n + 1) % 25 == 0:
-                log.info("%d/%d visits, %.0f s", n + 1, len(visits), time.monotonic() - started)
-        used = {id(f): f for v in visits for f in v.faces}
-        still = still_figures(list(used.values()), pipeline)
+        run_ = door_visits(cfg, load_model(cfg.classifier.model, args.threads), args.labels, args.split,
+                           args.max_visits, args.pairs, args.seed, r)
+        visits, frames, still, threshold = run_.visits, run_.frames, run_.still, run_.threshold
         if args.save_frames:
             args.save_frames.write_text(json.dumps({
                 "threshold": threshold, "still": still,
