@@ -302,6 +302,8 @@ def test_init_and_weight_mistakes_are_one_line(tmp_path, small_crops, capsys):
     assert main([*base, "--threshold-scenes", str(tmp_path / "none.csv")]) == 2  # bad input
     assert capsys.readouterr().err.strip() == f"mask-train: --threshold-scenes {tmp_path / 'none.csv'}: scene " \
                                               "labels not found"
+    assert main([*base, "--made-incorrect", "-5"]) == 2  # bad input
+    assert capsys.readouterr().err.strip() == "mask-train: --made-incorrect -5: must be 0 or more"
     (tmp_path / "notes.txt").write_text("x")
     assert main([*base, "--init", str(tmp_path / "notes.txt")]) == 2  # bad input
     assert capsys.readouterr().err.strip().endswith("notes.txt: not a .tflite or .keras file")

@@ -16,8 +16,10 @@ is, so a model as good on crops but less sure of itself (another calibration) ca
 With `--visits N` (30 by default; 0: off) both models also judge the same seeded approach visits made from each
 shared set's validation part (training.visits, the default config's policy), and NEW may not deny fewer unmasked
 or incorrectly masked visitors, wrongly deny more masked ones, or `allow` before a `deny` more often, by more than
-`--visit-tolerance` visits (1). The card keeps the model's
-sha256 (the model is not touched), so it stays valid; `mask-deploy push` refuses a card without a passing gate.
+`--visit-tolerance` visits (1).
+
+The card keeps the model's sha256 (the model is not touched), so it stays valid; `mask-deploy push` refuses a card
+without a passing gate.
 """
 
 from __future__ import annotations
@@ -134,7 +136,7 @@ def gate(new_path: Path, baseline: Path, scenes: list[Path], doors: list[Path],
             name = f"{Path(labels_csv).parent.name}/{Path(labels_csv).name}"
             parts[name] = {"role": role, "labels": str(labels_csv), "new": score(new, labels_csv),
                            "old": score(old, labels_csv)}
-    passed, reasons = verdict(parts, tolerance)
+    reasons = verdict(parts, tolerance)[1]
     door_visits: dict[str, dict[str, Any]] = {}
     for labels_csv in scenes if visits > 0 else []:
         name = f"{Path(labels_csv).parent.name}/{Path(labels_csv).name}"

@@ -149,7 +149,6 @@ def _made_source(cfg: TrainConfig, train: CropSet) -> Source:
             "sha256": hashlib.sha256(made.images.tobytes()).hexdigest(), "counts": made.counts(),
             "split": "training only", "train_counts": made.counts(),
             "validation_counts": {k: 0 for k in made.counts()}}
-    log.info("under-nose masks made: %d", len(made))
     return Source("under-nose (made)", made, made.subset(np.array([], int)), info)
 
 
@@ -268,6 +267,8 @@ def _prepare(cfg: TrainConfig):
     """Sources, the concatenated train and validation crops, the labels the model learns, and its class count."""
     if cfg.threshold_scenes is not None and not Path(cfg.threshold_scenes).is_file():  # before hours of training
         raise DataError(f"--threshold-scenes {cfg.threshold_scenes}: scene labels not found")
+    if cfg.made_incorrect < 0:
+        raise DataError(f"--made-incorrect {cfg.made_incorrect}: must be 0 or more")
     sources = load_sources(cfg)
     if cfg.made_incorrect > 0:
         sources.append(_made_source(cfg, CropSet.concat([s.train for s in sources])))
