@@ -3,6 +3,8 @@ the donor's mask covers its mouth, the result is labelled incorrect_mask, and th
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from support.data import SHARED
@@ -36,7 +38,7 @@ def test_made_faces_are_incorrect_masks_of_the_requested_number_and_repeatable(t
 
 def test_the_target_keeps_its_eyes_and_nose_and_wears_the_mask_over_its_mouth(train_crops):
     lm = synth.landmarks(train_crops.images)
-    ok = synth.usable(lm)
+    ok = synth.usable(lm, 128)
     target = next(i for i in np.flatnonzero(ok) if train_crops.labels[i] == LABELS.index("without_mask"))
     donor = next(i for i in np.flatnonzero(ok) if train_crops.labels[i] == LABELS.index("with_mask"))
     t, d = train_crops.images[target], train_crops.images[donor]
@@ -60,10 +62,25 @@ def test_faces_without_landmarks_turned_or_tiny_neither_give_nor_take_a_mask():
     turned[synth.NOSE, 0] = 64 + 0.3 * 48  # nose tip 0.3 eye distances off centre: a head turned away
     tiny = eyes_apart / 4
     missing = np.full((5, 2), np.nan, np.float32)
-    assert synth.usable(np.stack([eyes_apart, turned, tiny, missing])).tolist() == [True, False, False, False]
+    assert synth.usable(np.stack([eyes_apart, turned, tiny, missing]), 128).tolist() == [True, False, False, False]
+    assert synth.usable(np.stack([eyes_apart]), 512).tolist() == [False]  # 48 px apart is small in a 512 px crop
 
 
 def test_no_donor_or_no_target_makes_nothing(train_crops):
     only_masked = train_crops.subset(np.flatnonzero(train_crops.labels == LABELS.index("with_mask")))
     assert len(synth.under_nose(only_masked, 5, seed=1)) == 0
     assert len(synth.under_nose(train_crops, 0, seed=1)) == 0
+    # faces in which YuNet finds no face: nothing to move a mask from or to, and no crash
+    noise = np.random.default_rng(0).integers(0, 256, (6, 128, 128, 3), dtype=np.uint8)
+    assert len(synth.under_nose(CropSet(noise, np.array([0, 1, 0, 1, 0, 1]), [f"n{i}" for i in range(6)]), 5, 1)) == 0
+
+
+def test_a_training_run_makes_its_masks_from_training_crops_only():
+    from training.train import TrainConfig, _prepare
+
+    sources, train_set, val_set, *_ = _prepare(TrainConfig(data=[ILC], out=Path("unused"), input_size=128,
+                                                           made_incorrect=20))
+    made = sources[-1]
+    assert made.info["kind"] == "made" and len(made.train) == 20 and len(made.val) == 0
+    used = {q for p in made.train.paths for q in p.removeprefix("made: ").split(" wearing the mask of ")}
+    assert len(used) > 20 and used <= set(sources[0].train.paths) and not used & set(val_set.paths)

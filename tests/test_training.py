@@ -304,6 +304,10 @@ def test_init_and_weight_mistakes_are_one_line(tmp_path, small_crops, capsys):
                                               "labels not found"
     assert main([*base, "--made-incorrect", "-5"]) == 2  # bad input
     assert capsys.readouterr().err.strip() == "mask-train: --made-incorrect -5: must be 0 or more"
+    assert main([*base, "--made-incorrect", "5"]) == 2  # two classes only: the made third one could not be validated
+    assert capsys.readouterr().err.strip() == "mask-train: --made-incorrect 5: no data source has real " \
+                                              "incorrect_mask faces to validate the made ones on (add a scene set " \
+                                              "that has them, or --classes 2)"
     (tmp_path / "notes.txt").write_text("x")
     assert main([*base, "--init", str(tmp_path / "notes.txt")]) == 2  # bad input
     assert capsys.readouterr().err.strip().endswith("notes.txt: not a .tflite or .keras file")

@@ -7,7 +7,7 @@ incorrectly-masked set: the mask of a masked training face (the donor) is moved 
 tip and upper lip: eyes and nose stay the target's own, mouth and chin are the donor's mask. Only training crops
 are used, so nothing of a validation part leaks in.
 
-    crops = under_nose(train_set, 600, seed=42)   # a CropSet of 600 made faces labelled incorrect_mask
+    crops = under_nose(train_set, 600, seed=42)   # a CropSet of (up to) 600 made faces labelled incorrect_mask
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ DONOR_TOP = 0.5
 # Where the moved edge lands on the target: this far from its nose tip down to its mouth (under the nose, above the
 # lip: what the labelled incorrect masks show).
 TARGET_TOP = (0.1, 0.55)
-# Faces turned this far (nose off the eyes' centre, in eye distances) or with eyes this close (px in a 128 px crop)
-# make masks that float beside the face: neither target nor donor.
-MAX_TURN, MIN_EYES = 0.2, 16.0
+# Faces turned this far (nose off the eyes' centre, in eye distances) or with eyes this close (a share of the crop's
+# side: 16 px in a 128 px crop) make masks that float beside the face: neither target nor donor.
+MAX_TURN, MIN_EYES = 0.2, 0.125
 
 
 def landmarks(images: np.ndarray, scale: int = 2) -> np.ndarray:
@@ -97,24 +97,33 @@ def move_mask(target: np.ndarray, t_lm: np.ndarray, donor: np.ndarray, d_lm: np.
     return (alpha * warped + (1 - alpha) * target).astype(np.uint8)
 
 
-def usable(lm: np.ndarray) -> np.ndarray:
-    """Which faces' landmarks are found, frontal enough and large enough to take or give a mask."""
+def usable(lm: np.ndarray, side: int) -> np.ndarray:
+    """Which faces' landmarks (in crops `side` px square) are found, frontal enough and large enough to take or give
+    a mask."""
     eyes = np.linalg.norm(lm[:, EYES[1]] - lm[:, EYES[0]], axis=1)
     turn = np.abs(lm[:, NOSE, 0] - lm[:, EYES, 0].mean(axis=1)) / np.maximum(eyes, 1e-6)
     with np.errstate(invalid="ignore"):
-        return ~np.isnan(lm).any(axis=(1, 2)) & (eyes >= MIN_EYES) & (turn <= MAX_TURN)
+        return ~np.isnan(lm).any(axis=(1, 2)) & (eyes >= MIN_EYES * side) & (turn <= MAX_TURN)
 
 
 def under_nose(train: CropSet, n: int, seed: int) -> CropSet:
-    """`n` made incorrect_mask crops: unmasked training faces wearing masked training faces' masks under the nose."""
+    """Up to `n` made incorrect_mask crops: unmasked training faces wearing masked training faces' masks under the
+    nose (none when no unmasked or no masked face has usable landmarks)."""
     rng = np.random.default_rng(seed)
     targets = np.flatnonzero(train.labels == LABELS.index("without_mask"))
     donors = np.flatnonzero(train.labels == LABELS.index("with_mask"))
+    nothing = CropSet(train.images[:0], train.labels[:0], [])
     if n <= 0 or not len(targets) or not len(donors):
-        return CropSet(train.images[:0], train.labels[:0], [])
-    lm = landmarks(train.images)
-    found = usable(lm)
+        return nothing
+    lm = np.full((len(train), 5, 2), np.nan, np.float32)
+    both = np.concatenate([targets, donors])
+    lm[both] = landmarks(train.images[both])
+    found = usable(lm, train.images.shape[1])
     targets, donors = targets[found[targets]], donors[found[donors]]
+    if not len(targets) or not len(donors):
+        log.warning("no masks made: %d unmasked and %d masked training faces have usable landmarks",
+                    len(targets), len(donors))
+        return nothing
     images: list[np.ndarray] = []
     paths: list[str] = []
     tries = 0
@@ -125,6 +134,7 @@ def under_nose(train: CropSet, n: int, seed: int) -> CropSet:
         if made is not None:
             images.append(made)
             paths.append(f"made: {train.paths[t]} wearing the mask of {train.paths[d]}")
-    log.info("made %d under-nose masks from %d unmasked and %d masked training faces with landmarks",
-             len(images), len(targets), len(donors))
+    log.log(logging.INFO if len(images) == n else logging.WARNING,
+            "made %d of %d under-nose masks from %d unmasked and %d masked training faces with landmarks",
+            len(images), n, len(targets), len(donors))
     return CropSet(np.stack(images) if images else train.images[:0], np.full(len(images), INCORRECT), paths)

@@ -6,6 +6,7 @@ Longer than this project's 200-line guide on purpose: the recipe reads top to bo
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -139,23 +140,19 @@ def _scene_source(path: Path, cfg: TrainConfig) -> Source:
 
 def _made_source(cfg: TrainConfig, train: CropSet) -> Source:
     """`cfg.made_incorrect` under-nose masks made from the other sources' training parts (never validation)."""
-    import hashlib
-
     from training.synth import under_nose
 
     made = under_nose(train, cfg.made_incorrect, cfg.seed)
     info = {"kind": "made", "how": "training.synth.under_nose: an unmasked training face wearing a masked one's "
                                    "mask under the nose, aligned by YuNet's landmarks",
             "sha256": hashlib.sha256(made.images.tobytes()).hexdigest(), "counts": made.counts(),
-            "split": "training only", "train_counts": made.counts(),
+            "requested": cfg.made_incorrect, "seed": cfg.seed, "split": "training only", "train_counts": made.counts(),
             "validation_counts": {k: 0 for k in made.counts()}}
-    return Source("under-nose (made)", made, made.subset(np.array([], int)), info)
+    return Source("made", made, made.subset(np.array([], int)), info)
 
 
 def sources_hash(sources: list[Source]) -> str:
     """One sha256 naming the whole training data: over each source's name and sha256, in the order given."""
-    import hashlib
-
     return hashlib.sha256("".join(f"{s.name}\0{s.info['sha256']}\n" for s in sources).encode()).hexdigest()
 
 
@@ -270,6 +267,11 @@ def _prepare(cfg: TrainConfig):
     if cfg.made_incorrect < 0:
         raise DataError(f"--made-incorrect {cfg.made_incorrect}: must be 0 or more")
     sources = load_sources(cfg)
+    real_incorrect = any((s.train.labels == LABELS.index("incorrect_mask")).any() for s in sources)
+    if cfg.made_incorrect > 0 and not real_incorrect and cfg.classes != 2 and cfg.init is None:
+        # A third class learned from made faces alone, and never validated on a real one: refuse it.
+        raise DataError(f"--made-incorrect {cfg.made_incorrect}: no data source has real incorrect_mask faces to "
+                        "validate the made ones on (add a scene set that has them, or --classes 2)")
     if cfg.made_incorrect > 0:
         sources.append(_made_source(cfg, CropSet.concat([s.train for s in sources])))
     train_set = CropSet.concat([s.train for s in sources])
@@ -498,7 +500,7 @@ def _finish(cfg: TrainConfig, model, sources: list[Source], train_set: CropSet, 
     per_source = {}
     tables = {}
     for s in sources:
-        if not len(s.val):  # made faces: training only
+        if s.info["kind"] == "made":  # training only: no validation part
             continue
         probs = tflite.predict_all(s.val.images)
         p = tflite.not_masked(probs)

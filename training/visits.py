@@ -322,23 +322,32 @@ class DoorRun:
     threshold: float
 
 
+def plan_set(labels_csv: Path, split: str, max_visits: int, pairs: int, seed: int, end: float) -> list[Visit]:
+    """The seeded visits of a labelled set's `split` (val, train or all); a ValueError naming the file when it has
+    no face at least `end` px tall to grow a visit from."""
+    from training.splits import split_scenes
+
+    labels = read_labels(labels_csv)
+    photos = None
+    if split != "all":
+        train, val = split_scenes(labels_csv)
+        photos = val if split == "val" else train
+    visits = plan_visits(source_faces(labels, photos, end), max_visits, pairs, seed)
+    if not visits:
+        part = "" if split == "all" else f" in its {split} part"
+        raise ValueError(f"{labels_csv}: no face at least {end:g} px tall{part} to make visits from")
+    return visits
+
+
 def door_visits(cfg, model, labels_csv: Path, split: str, max_visits: int, pairs: int, seed: int,
                 r: Render | None = None) -> DoorRun:
     """Make the seeded visits of a labelled set's `split` (val, train or all) and run `model` (a loaded
     MaskClassifier) with cfg's detector on every frame. The same seed and set make the same videos for any model."""
     from appliance.seeing.pipeline import Pipeline
     from appliance.seeing.sources import Frame
-    from training.splits import split_scenes
 
     r = r or Render()
-    labels = read_labels(labels_csv)
-    photos = None
-    if split != "all":
-        train, val = split_scenes(labels_csv)
-        photos = val if split == "val" else train
-    visits = plan_visits(source_faces(labels, photos, r.end), max_visits, pairs, seed)
-    if not visits:
-        raise ValueError(f"{labels_csv}: no face at least {r.end:g} px tall in its {split} part")
+    visits = plan_set(labels_csv, split, max_visits, pairs, seed, r.end)
     pipeline = Pipeline.from_config(cfg, model)
     started = time.monotonic()
     frames = {}
@@ -355,18 +364,19 @@ def door_visits(cfg, model, labels_csv: Path, split: str, max_visits: int, pairs
 
 
 def door_counts(table: dict[str, dict]) -> dict[str, int]:
-    """What the door did, in visits, from a summarise() table: visits with someone unmasked (alone or beside a masked
-    person) and how many were denied, masked-only visits and how many were wrongly denied, incorrectly masked visits
-    and how many were denied, and visits of someone not properly masked that saw an `allow` before the deny."""
+    """What the door did, in visits, from a summarise() table: visits with someone unmasked (alone or beside others)
+    and how many were denied, masked-only visits and how many were wrongly denied, incorrectly masked visits and how
+    many were denied, and visits of someone not properly masked that saw an `allow` at any time."""
     def total(kinds, key):
-        return sum(table[k][key] for k in kinds if k in table)
+        return sum(table[k][key] for k in kinds)
 
-    unmasked = ("without_mask", "with_mask+without_mask", "without_mask+without_mask")
-    masked = ("with_mask", "with_mask+with_mask")
+    unmasked = [k for k in table if "without_mask" in k.split("+")]
+    masked = [k for k in table if set(k.split("+")) == {"with_mask"}]
+    incorrect = [k for k in table if "incorrect_mask" in k.split("+") and k not in unmasked]
     return {"unmasked": total(unmasked, "visits"), "unmasked_denied": total(unmasked, "denied"),
             "masked": total(masked, "visits"), "masked_denied": total(masked, "denied"),
-            "incorrect": total(("incorrect_mask",), "visits"), "incorrect_denied": total(("incorrect_mask",), "denied"),
-            "allow_before_deny": total((*unmasked, "incorrect_mask"), "allow_before_deny")}
+            "incorrect": total(incorrect, "visits"), "incorrect_denied": total(incorrect, "denied"),
+            "not_masked_allowed": total(unmasked + incorrect, "allowed")}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
