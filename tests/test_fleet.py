@@ -3,7 +3,8 @@ the fake Pis of plugins/deploy.py: a good push, a model that does not match its 
 refuses, --check, a new host key under an accept-new ssh config, a status that cannot be read yet, a Pi whose
 models folder another push holds (issue #13, item 9), and the gate: a model without a passing gate is refused
 unless forced, and a forced push says so and is recorded on the Pi as mask-deploy records it (issue #15); and the
-Pi's copy of the checkout, which mirrors this one: a module deleted here is deleted there."""
+Pi's copy of the checkout, which mirrors this one: a module deleted here is deleted there, and a path that turns
+from a file into a folder here, or from a folder into a file, does so there."""
 
 from __future__ import annotations
 
@@ -221,27 +222,38 @@ def _tree(root: Path) -> dict[str, str]:
             for p in sorted(root.rglob("*"))}
 
 
-def test_the_pis_copy_of_the_checkout_mirrors_it_and_a_deleted_module_goes(sshd, tmp_path):
-    # A small checkout with the parts the playbook copies, appliance/models linking to models/ as here.
-    here = tmp_path / "checkout"
-    files = {"appliance/__init__.py": "", "appliance/door.py": "door", "appliance/old.py": "old",
-             "appliance/legacy/__init__.py": "", "appliance/legacy/gate.py": "gate", "models/card.json": "{}",
-             "training/__init__.py": "", "deploy/install.sh": "#!/bin/sh\n", "systemd/x.service": "[Unit]\n",
-             "pyproject.toml": "[project]\n", "README.md": "# x\n"}
-    for name, text in files.items():
+# A small checkout with the parts the playbook copies; appliance/models links to models/, as here.
+CHECKOUT = {"appliance/__init__.py": "", "appliance/door.py": "door", "appliance/old.py": "old",
+            "appliance/legacy/__init__.py": "", "appliance/legacy/gate.py": "gate", "models/card.json": "{}",
+            "training/__init__.py": "", "deploy/install.sh": "#!/bin/sh\n", "deploy/hooks": "hook",
+            "systemd/x.service": "[Unit]\n", "pyproject.toml": "[project]\n", "README.md": "# x\n"}
+
+
+def _checkout(here: Path) -> None:
+    for name, text in CHECKOUT.items():
         (here / name).parent.mkdir(parents=True, exist_ok=True)
         (here / name).write_text(text)
     (here / "appliance/models").symlink_to("../models")
-    pi = tmp_path / "pi-checkout"  # not there yet: a Pi that was never installed
 
+
+def _syncer(sshd, tmp_path: Path, here: Path, pi: Path):
+    """A function that runs the playbook's checkout tasks from `here` to `pi` on pi-a, with extra `args`, and
+    checks that the run succeeded without a warning."""
     def sync(*args: str) -> subprocess.CompletedProcess:
         run = ansible_playbook(sshd, tmp_path, ["pi-a"], "--tags", "checkout", "-e", f"repo={here}",
                                "-e", f"checkout={pi}", *args)
         assert run.returncode == 0, run.stdout
         assert "WARNING" not in run.stdout, run.stdout
         return run
+    return sync
 
-    expected = {**files, "appliance/models/card.json": "{}"}
+
+def test_the_pis_copy_of_the_checkout_mirrors_it_and_a_deleted_module_goes(sshd, tmp_path):
+    here, pi = tmp_path / "checkout", tmp_path / "pi-checkout"  # the Pi's not there yet: never installed
+    _checkout(here)
+    sync = _syncer(sshd, tmp_path, here, pi)
+
+    expected = {**CHECKOUT, "appliance/models/card.json": "{}"}
     assert "changed=1" in sync().stdout  # the first copy
     assert {k: v for k, v in _tree(pi).items() if v != "dir"} == expected  # the link arrives as what it points to
     (pi / "build").mkdir()  # something on the Pi that is none of the copied parts: left alone
@@ -263,3 +275,34 @@ def test_the_pis_copy_of_the_checkout_mirrors_it_and_a_deleted_module_goes(sshd,
     assert {k: v for k, v in tree.items() if v != "dir"} == expected
     assert "appliance/legacy" not in tree  # the folder too, not just its files
     assert "changed=0" in sync().stdout  # a third run has nothing to do
+
+
+def test_a_path_that_changes_type_between_runs_changes_type_on_the_pi(sshd, tmp_path):
+    here, pi = tmp_path / "checkout", tmp_path / "pi-checkout"
+    _checkout(here)
+    sync = _syncer(sshd, tmp_path, here, pi)
+    assert "changed=1" in sync().stdout
+    assert (pi / "deploy/hooks").is_file() and (pi / "appliance/legacy").is_dir()
+
+    # A file becomes a folder, and a folder (a package, with its files) becomes a file, at the same paths.
+    (here / "deploy/hooks").unlink()
+    (here / "deploy/hooks").mkdir()
+    (here / "deploy/hooks/pre.sh").write_text("pre")
+    shutil.rmtree(here / "appliance/legacy")
+    (here / "appliance/legacy").write_text("legacy")
+    before = _tree(pi)
+    checked = sync("--check")
+    assert "changed=2" in checked.stdout  # the removal would change the Pi, and the copy
+    assert _tree(pi) == before  # but --check changes nothing
+    assert "ERROR" not in checked.stdout, checked.stdout  # nor tries to copy a folder into a file
+    for part in ("appliance", "deploy"):  # the parts whose copy it cannot preview, said
+        assert f"{part}: a path in it is a folder here and not on the Pi" in checked.stdout
+
+    assert "changed=2" in sync().stdout
+    tree = _tree(pi)
+    # the Pi's tree is the checkout's, the link to a folder arriving as the folder
+    assert tree == {k: "dir" if v == "link" else v for k, v in _tree(here).items()} | {
+        "appliance/models/card.json": "{}"}
+    assert tree["deploy/hooks"] == "dir" and tree["deploy/hooks/pre.sh"] == "pre"
+    assert tree["appliance/legacy"] == "legacy" and "appliance/legacy/gate.py" not in tree
+    assert "changed=0" in sync().stdout  # a rerun has nothing to do, the link to a folder included
