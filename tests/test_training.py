@@ -144,7 +144,7 @@ def test_cli_reports_a_missing_weights_file(tmp_path, small_crops, capsys):
     assert "no.h5: no such file" in capsys.readouterr().err
 
 
-def test_export_re_exports_a_trained_float_model_without_training(trained, small_crops, tmp_path):
+def test_export_re_exports_a_trained_float_model_without_training(trained, small_crops, tmp_path, capsys):
     from training.cli import main
 
     out, _ = trained
@@ -157,6 +157,11 @@ def test_export_re_exports_a_trained_float_model_without_training(trained, small
     assert card.metrics["parity"]["agreement"] >= 0.99
     MaskClassifier(tmp_path / "mask_classifier.tflite")  # loads
     assert main(["export", "--keras", str(tmp_path / "none.keras"), str(small_crops), "--out", str(tmp_path)]) == 2
+    # its run made no masks: an export that would make some cards other data than the model saw
+    assert main(["export", "--keras", str(keras_path), str(small_crops), "--out", str(tmp_path),
+                 "--made-incorrect", "5"]) == 2
+    assert capsys.readouterr().err.strip().endswith("model.keras: trained with --made-incorrect 0, not 5: give the "
+                                                    "same to export the data it was trained on")
 
 
 # -- fine-tuning from the door's model (mask-train train --init, issue #15) ---------------------------------------

@@ -415,6 +415,7 @@ def export_trained(cfg: TrainConfig, keras_path: Path) -> dict:
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     if not Path(keras_path).is_file():
         raise FileNotFoundError(f"--keras {keras_path}: no such file")
+    _same_made_data(cfg, Path(keras_path))
     model = keras.models.load_model(keras_path, compile=False)
     cfg = replace(cfg, input_size=int(model.input_shape[1]))
     sources, train_set, val_set, train_y, _, n_classes = _prepare(cfg)
@@ -434,6 +435,22 @@ def export_trained(cfg: TrainConfig, keras_path: Path) -> dict:
         s.info["weight"] = source_weights(cfg, sources)[s.name]
     return _finish(cfg, model, sources, train_set, val_set, weights, n_classes, histories, started,
                    exported_from=str(keras_path))
+
+
+def _same_made_data(cfg: TrainConfig, keras_path: Path) -> None:
+    """Made masks depend on --made-incorrect and --seed: an export given others would card data the model never
+    saw. The run's own card beside its model.keras says what it was trained with."""
+    import json
+
+    card = keras_path.with_name(cfg.model_name).with_suffix(".json")
+    if not card.is_file():
+        return
+    was = (json.loads(card.read_text()).get("training") or {}).get("config") or {}
+    made = was.get("made_incorrect", 0)
+    for key, then, now in (("made-incorrect", made, cfg.made_incorrect), ("seed", was.get("seed"), cfg.seed)):
+        if (made or cfg.made_incorrect) and then is not None and then != now:
+            raise DataError(f"--keras {keras_path}: trained with --{key} {then}, not {now}: give the same to "
+                            "export the data it was trained on")
 
 
 def _finish(cfg: TrainConfig, model, sources: list[Source], train_set: CropSet, val_set: CropSet, weights: dict,
