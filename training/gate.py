@@ -14,9 +14,10 @@ error: (1 - TNR) + FNR, + (1 - incorrect stopped) where there are incorrect mask
 Crop figures at a threshold are not what the door does: the policy weighs each frame's vote by how sure the model
 is, so a model as good on crops but less sure of itself (another calibration) can deny fewer unmasked visitors.
 With `--visits N` (30 by default; 0: off) both models also judge the same seeded approach visits made from each
-shared set's validation part (training.visits, the default config's policy), and NEW may not deny fewer unmasked
-or incorrectly masked visitors, wrongly deny more masked ones, or `allow` a visitor not properly masked more often,
-by more than `--visit-tolerance` visits (1). A model already refused on crops is not run through the visits.
+shared set's validation part (training.visits, the default config's policy; each frame is rendered and its faces
+found once, and both models classify those same faces), and NEW may not deny fewer unmasked or incorrectly masked
+visitors, wrongly deny more masked ones, or `allow` a visitor not properly masked more often, by more than
+`--visit-tolerance` visits (1). A model already refused on crops is not run through the visits.
 
 The card keeps the model's sha256 (the model is not touched), so it stays valid; `mask-deploy push` refuses a card
 without a passing gate.
@@ -29,6 +30,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -111,18 +113,20 @@ def visit_verdict(name: str, new: dict[str, int], old: dict[str, int], tolerance
     return reasons
 
 
-def door_figures(model: MaskClassifier, labels_csv: Path, n: int) -> dict[str, Any]:
-    """The model's door figures on `n` seeded one-person visits per label (and n // 3 pairs of each kind) made from
-    the validation part of a labelled set, under the default config."""
+def door_figures(models: Sequence[MaskClassifier], labels_csv: Path, n: int) -> list[dict[str, int]]:
+    """Each model's door figures on `n` seeded one-person visits per label (and n // 3 pairs of each kind) made from
+    the validation part of a labelled set, under the default config. One rendering and detection pass: every model
+    classifies the same faces of the same frames."""
     from appliance import config
     from appliance.deciding.policy import Policy
     from training import visits
 
     cfg = config.load(None)
-    run = visits.door_visits(cfg, model, labels_csv, "val", n, n // 3, VISIT_SEED)
-    table = visits.summarise([visits.judge(v, run.frames[v.id], Policy(cfg.policy, run.threshold))
-                              for v in run.visits])
-    return visits.door_counts(table)
+    figures = []
+    for run in visits.door_runs(cfg, models, labels_csv, "val", n, n // 3, VISIT_SEED):
+        outcomes = [visits.judge(v, run.frames[v.id], Policy(cfg.policy, run.threshold)) for v in run.visits]
+        figures.append(visits.door_counts(visits.summarise(outcomes)))
+    return figures
 
 
 def _part_name(labels_csv: Path) -> str:
@@ -154,7 +158,8 @@ def gate(new_path: Path, baseline: Path, scenes: list[Path], doors: list[Path],
     judged = visits > 0 and bool(scenes) and not reasons  # a model refused on crops is not worth minutes of visits
     for labels_csv in scenes if judged else []:
         name = _part_name(labels_csv)
-        visit_sets[name] = {"new": door_figures(new, labels_csv, visits), "old": door_figures(old, labels_csv, visits)}
+        new_figures, old_figures = door_figures([new, old], labels_csv, visits)
+        visit_sets[name] = {"new": new_figures, "old": old_figures}
         reasons += visit_verdict(name, visit_sets[name]["new"], visit_sets[name]["old"], visit_tolerance)
     passed = not reasons
     result = {

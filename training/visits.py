@@ -25,16 +25,20 @@ import logging
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
 
 from appliance.deciding.policy import ALLOW, DENY, Policy, Verdict, iou
 from appliance.vocab import Decision
+
+if TYPE_CHECKING:  # names for hints only: the model runtime is loaded where used (a --replay needs none)
+    from appliance.config import Config
+    from appliance.seeing.classifier import MaskClassifier
 
 log = logging.getLogger(__name__)
 
@@ -314,11 +318,12 @@ def verdicts_from_json(data: list) -> list[tuple[float, list[Verdict]]]:
 
 @dataclass
 class DoorRun:
-    """One model's seeded visits of one labelled set: every frame's faces, and the faces on their still photos."""
+    """One model's seeded visits of one labelled set: every frame's faces, and the faces on their still photos
+    (None when not asked for)."""
 
     visits: list[Visit]
     frames: dict[str, list[tuple[float, list[Verdict]]]]
-    still: dict[str, dict[str, float]]
+    still: dict[str, dict[str, float]] | None
     threshold: float
 
 
@@ -339,28 +344,47 @@ def plan_set(labels_csv: Path, split: str, max_visits: int, pairs: int, seed: in
     return visits
 
 
-def door_visits(cfg, model, labels_csv: Path, split: str, max_visits: int, pairs: int, seed: int,
-                r: Render | None = None) -> DoorRun:
+def door_visits(cfg: Config, model: MaskClassifier, labels_csv: Path, split: str, max_visits: int, pairs: int,
+                seed: int, r: Render | None = None) -> DoorRun:
     """Make the seeded visits of a labelled set's `split` (val, train or all) and run `model` (a loaded
     MaskClassifier) with cfg's detector on every frame. The same seed and set make the same videos for any model."""
+    return door_runs(cfg, [model], labels_csv, split, max_visits, pairs, seed, r, still=True)[0]
+
+
+def door_runs(cfg: Config, models: Sequence[MaskClassifier], labels_csv: Path, split: str, max_visits: int, pairs: int,
+              seed: int, r: Render | None = None, still: bool = False) -> list[DoorRun]:
+    """door_visits for several models at once, one DoorRun each: every frame is rendered once and cfg's detector
+    runs once on it, then each model classifies the same faces, so the models are judged on the same detections
+    (and rendering and detection, most of the work, are not repeated per model). `still`: also each model's
+    still-photo figures (the table's last column; the gate does not use them)."""
     from appliance.seeing.pipeline import Pipeline
     from appliance.seeing.sources import Frame
 
+    if not models:
+        raise ValueError("door_runs needs at least one model")
     r = r or Render()
     visits = plan_set(labels_csv, split, max_visits, pairs, seed, r.end)
-    pipeline = Pipeline.from_config(cfg, model)
+    first = Pipeline.from_config(cfg, models[0])
+    # The others share the first one's detector: what from_config would build for each, built once.
+    pipelines = [first, *(Pipeline(first.detector, m, cfg.classifier.threshold) for m in models[1:])]
     started = time.monotonic()
-    frames = {}
+    frames: list[dict[str, list[tuple[float, list[Verdict]]]]] = [{} for _ in pipelines]
     photo_cache: dict[str, np.ndarray] = {}
     for n, visit in enumerate(visits):
-        frames[visit.id] = [(t, [Verdict.of(x) for x in pipeline.run(Frame(image, t, i))])
-                            for i, (t, image, _) in enumerate(render(visit, r, photo_cache))]
+        for seen in frames:
+            seen[visit.id] = []
+        for i, (t, image, _) in enumerate(render(visit, r, photo_cache)):
+            frame = Frame(image, t, i)
+            faces = first.detect(frame)
+            for seen, pipeline in zip(frames, pipelines, strict=True):
+                seen[visit.id].append((t, [Verdict.of(x) for x in pipeline.classify(frame, faces)]))
         if len(photo_cache) > 64:
             photo_cache.clear()
         if (n + 1) % 25 == 0:
             log.info("%d/%d visits, %.0f s", n + 1, len(visits), time.monotonic() - started)
-    used = {id(f): f for v in visits for f in v.faces}
-    return DoorRun(visits, frames, still_figures(list(used.values()), pipeline), pipeline.threshold)
+    used = list({id(f): f for v in visits for f in v.faces}.values())
+    return [DoorRun(visits, seen, still_figures(used, pipeline) if still else None, pipeline.threshold)
+            for seen, pipeline in zip(frames, pipelines, strict=True)]
 
 
 def door_counts(table: dict[str, dict]) -> dict[str, int]:

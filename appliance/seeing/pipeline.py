@@ -84,6 +84,14 @@ class Pipeline:
     def run(self, frame: Frame) -> list[FaceResult]:
         """The faces of `frame`, labelled; `self.times` then holds this frame's detect and classify seconds."""
         started = time.perf_counter()
+        faces = self.detect(frame)
+        detected = time.perf_counter()
+        results = self.classify(frame, faces)
+        self.times = StageTimes(detected - started, time.perf_counter() - detected if faces else 0.0)
+        return results
+
+    def detect(self, frame: Frame) -> list[Face]:
+        """The faces of `frame`, found on its low-res stream where it has one, with boxes in main-stream pixels."""
         small = frame.lores if frame.lores is not None else frame.image
         faces = self.detector.detect(small)
         if small is not frame.image:  # boxes found on the low-res stream, in main-stream pixels
@@ -91,16 +99,17 @@ class Pipeline:
             sy = frame.image.shape[0] / small.shape[0]
             faces = [Face((f.box[0] * sx, f.box[1] * sy, f.box[2] * sx, f.box[3] * sy), f.score,
                           tuple((x * sx, y * sy) for x, y in f.landmarks)) for f in faces]
-        detected = time.perf_counter()
+        return faces
+
+    def classify(self, frame: Frame, faces: list[Face]) -> list[FaceResult]:
+        """`faces` (found in `frame`, e.g. by another pipeline's detect) labelled by this pipeline's model at its
+        threshold: several models can judge one detection pass. No face, no model run. Leaves `times` alone."""
         if not faces:
-            self.times = StageTimes(detected - started, 0.0)
             return []
         model = self.classifier
         probs = model.classify_all(frame.image, [f.box for f in faces])
         p_not = model.not_masked(probs)
         incorrect = model.card.incorrect_index
-        results = [FaceResult(f, float(p), label_of(row, model.labels, float(p), self.threshold),
-                              None if incorrect is None else float(row[incorrect]))
-                   for f, row, p in zip(faces, probs, p_not, strict=True)]
-        self.times = StageTimes(detected - started, time.perf_counter() - detected)
-        return results
+        return [FaceResult(f, float(p), label_of(row, model.labels, float(p), self.threshold),
+                           None if incorrect is None else float(row[incorrect]))
+                for f, row, p in zip(faces, probs, p_not, strict=True)]
