@@ -49,8 +49,8 @@ class SourceConfig:
     lores_size: tuple[int, int] = opt((512, 384), "picamera2 low-resolution stream (faces are detected on it); "
                                       "Picamera2 aligns YUV420 widths down to a multiple of 64", 16,
                                       8192)
-    still_frames: int = opt(5, "frames each still image is shown for, as if a person stood before the camera that "
-                            "long (image folders only)", 1, 1000)
+    still_frames: int = opt(15, "frames each still image is shown for, as if a person stood before the camera that "
+                            "long (image folders only; 15: 1 s, time for a masked face to settle)", 1, 1000)
     fps: float = opt(15.0, "frames per second asked of cameras and streams, and the simulated rate of still images "
                      "(0: the camera's own rate, images at 15); video files play on their own timestamps", 0, 120)
     realtime: bool = opt(True, "video files are paced to real time (true), or read as fast as they decode (false); "
@@ -116,6 +116,9 @@ class PolicyConfig:
     allow_evidence: float = opt(3.0, "weighted votes that settle a face as masked", 0.1, 100)
     allow_size: float = opt(80.0, "a face settles as masked only once it has been seen at least this large", 0,
                             4096)
+    judge_average: bool = opt(True, "a face seen at allow_size or larger is also judged on its average p(not "
+                               "properly masked) there, at the threshold: at or above it the face is denied and never "
+                               "allowed (masks just under the nose waver around the threshold); false: votes alone")
     track_iou: float = opt(0.3, "IoU with which a face in a new frame continues a track", 0.05, 0.95)
     track_timeout: float = opt(1.0, "seconds a face may go unseen before its track ends", 0.05, 60)
     deny_hold: float = opt(3.0, "seconds the door stays denied after the last unmasked face has gone", 0, 600)

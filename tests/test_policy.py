@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from appliance.config import PolicyConfig
-from appliance.deciding.policy import ALLOW, DENY, IDLE, INCORRECT, MASKED, UNMASKED, Policy, Verdict
+from appliance.deciding.policy import ALLOW, AVERAGE_FRAMES, DENY, IDLE, INCORRECT, MASKED, UNMASKED, Policy, Verdict
 from appliance.seeing.detector import Face
 from appliance.seeing.pipeline import FaceResult
 
@@ -82,16 +82,22 @@ def test_a_vote_weighs_more_with_size_and_with_confidence():
 
 
 def test_frames_the_model_is_unsure_of_cast_no_vote():
-    cfg = PolicyConfig(unsure=0.7, sure=0.95)
+    cfg = PolicyConfig(unsure=0.7, sure=0.95, judge_average=False)
     policy = Policy(cfg)
     assert policy.weight(v(A, True, p=0.84))[0] == 0 and policy.weight(v(A, False, p=0.16))[0] == 0
     assert policy.weight(v(A, True, p=0.9))[0] == pytest.approx(0.4)
     states = feed(policy, [[v(A, True, p=0.8)]] * 45)  # three seconds of "probably unmasked"
     assert set(states) == {IDLE}
+    # By default the same near face is also judged on its average p (0.8, above the threshold): denied on its
+    # AVERAGE_FRAMES-th frame. Small, it is not judged at all.
+    near = feed(Policy(PolicyConfig(unsure=0.7, sure=0.95)), [[v(A, True, p=0.8)]] * 45)
+    assert near.index(DENY) == AVERAGE_FRAMES - 1 and set(near[AVERAGE_FRAMES - 1:]) == {DENY}
+    far = feed(Policy(PolicyConfig()), [[v(box(PolicyConfig().allow_size - 1), True, p=0.8)]] * 45)
+    assert set(far) == {IDLE}
 
 
 def test_unsure_frames_need_more_of_them():
-    cfg = PolicyConfig(deny_evidence=2.0)
+    cfg = PolicyConfig(deny_evidence=2.0, judge_average=False)  # the votes alone
     sure = feed(Policy(cfg), [[v(A, True, p=0.99)]] * 20)
     unsure = feed(Policy(cfg), [[v(A, True, p=0.925)]] * 20)  # weight 0.6 a frame: four frames
     assert sure.index(DENY) == 1 and unsure.index(DENY) == 3
@@ -103,24 +109,30 @@ def test_allow_needs_a_masked_face_settled_at_adequate_size():
     small = box(cfg.allow_size - 10)
     assert set(feed(policy, [[v(small, False)]] * 30)) == {IDLE}  # plenty of votes, but never seen large enough
     assert policy.tracks[0].state not in (MASKED, UNMASKED)
-    # The same person steps closer: the track is settled, and only now does the door allow.
+    # The same person steps closer: once the near face's average is in too (AVERAGE_FRAMES frames), the track
+    # is settled, and only now does the door allow.
     big = box(cfg.allow_size + 10)
-    assert policy.update([v(big, False)], 30 / FPS).state == ALLOW
+    near = [policy.update([v(big, False)], (30 + i) / FPS).state for i in range(AVERAGE_FRAMES)]
+    assert near == [IDLE] * (AVERAGE_FRAMES - 1) + [ALLOW] and policy.tracks[0].state == MASKED
+    # Without judge_average, the first near frame settles it.
+    votes_only = Policy(PolicyConfig(allow_hold=0, judge_average=False))
+    feed(votes_only, [[v(small, False)]] * 30)
+    assert votes_only.update([v(big, False)], 30 / FPS).state == ALLOW
 
 
 def test_an_unsettled_face_never_allows_and_a_second_face_ends_allow_after_its_hold():
     policy = Policy(PolicyConfig(allow_hold=0))
-    states = feed(policy, [[v(A, False)]] * 5)
-    assert states[:2] == [IDLE, IDLE] and states[-1] == ALLOW
+    states = feed(policy, [[v(A, False)]] * (AVERAGE_FRAMES + 2))  # settled masked on the average's first count
+    assert set(states[: AVERAGE_FRAMES - 1]) == {IDLE} and states[AVERAGE_FRAMES - 1 :] == [ALLOW] * 3
     # A second person arrives, not yet settled: allow lasts only through allow_hold (0 here).
     assert policy.update([v(A, False), v(B, False)], 1.0).state == IDLE
 
 
 def test_a_single_frame_flip_does_not_change_the_decision():
     policy = Policy(PolicyConfig(deny_hold=0, allow_hold=0))
-    frames = [[v(A, False)]] * 5 + [[v(A, True)]] + [[v(A, False)]] * 4
+    frames = [[v(A, False)]] * AVERAGE_FRAMES + [[v(A, True)]] + [[v(A, False)]] * 4
     states = feed(policy, frames)
-    assert states[4:] == [ALLOW] * 6  # the flip at frame 5 never shows
+    assert states[AVERAGE_FRAMES - 1 :] == [ALLOW] * 6  # the flip never shows, in the votes or the average
 
 
 def test_changing_back_needs_as_much_evidence_again_hysteresis():
@@ -156,10 +168,49 @@ def test_an_incorrectly_worn_mask_denies_by_default():
 def test_an_incorrectly_worn_mask_counts_as_masked_when_configured():
     policy = Policy(PolicyConfig(incorrect_mask="allow"))
     wrong = Verdict(A, 0.92, "incorrect_mask", p_incorrect_mask=0.85)  # p(no mask at all) = 0.07
-    states = feed(policy, [[wrong]] * 6)
+    states = feed(policy, [[wrong]] * (AVERAGE_FRAMES + 1))
     assert DENY not in states and states[-1] == ALLOW and policy.tracks[0].state == MASKED
     # ...but a face with no mask at all still denies.
     assert feed(Policy(PolicyConfig(incorrect_mask="allow")), [[v(A, True)]] * 4)[-1] == DENY
+
+
+def wavering(n: int, low: float = 0.45, high: float = 0.85) -> list[list[Verdict]]:
+    """A mask just under the nose as issue 17's model saw it: p wavers around the threshold (0.56), frame by frame,
+    and no frame is sure enough to vote (unsure 0.7: p 0.87 or more, or 0.17 or less)."""
+    return [[Verdict(A, p, "incorrect_mask" if p >= 0.56 else "with_mask", p_incorrect_mask=0.8 * p)]
+            for p in [high, low] * (n // 2)]
+
+
+def test_a_mask_under_the_nose_wavering_around_the_threshold_is_denied_on_its_average():
+    policy = Policy(PolicyConfig(), threshold=0.56)
+    assert {policy.weight(f[0])[0] for f in wavering(2)} == {0.0}  # no frame votes either way
+    states = feed(policy, wavering(44))
+    # Average p 0.65 >= 0.56 once AVERAGE_FRAMES near frames are in: denied then, as a mask worn wrong, and
+    # never allowed.
+    assert states.index(DENY) == AVERAGE_FRAMES - 1 and ALLOW not in states
+    assert policy.tracks[0].state == INCORRECT and policy.tracks[0].score == 0
+    # The votes alone let it through, as the shipped door did before: 8 of 31 such visitors on scenes-ilc.
+    assert set(feed(Policy(PolicyConfig(judge_average=False), threshold=0.56), wavering(44))) == {IDLE}
+    # A masked face whose p wavers below the threshold (average 0.35) is never denied, and never allowed either:
+    # none of its frames is sure.
+    assert set(feed(Policy(PolicyConfig(), threshold=0.56), wavering(44, low=0.2, high=0.5))) == {IDLE}
+
+
+def test_the_average_counts_a_mask_worn_wrong_as_a_mask_when_configured():
+    policy = Policy(PolicyConfig(incorrect_mask="allow"), threshold=0.56)
+    states = feed(policy, wavering(44))  # p(no mask at all) 0.2 p: 0.09-0.17, well below the threshold
+    assert DENY not in states and policy.tracks[0].near_p / policy.tracks[0].near < 0.2
+
+
+def test_the_average_skips_small_faces_and_boxes_that_shrink():
+    policy = Policy(PolicyConfig(allow_hold=0), threshold=0.56)
+    big = box(100)
+    feed(policy, [[v(box(70), False)]] * 20 + [[v(big, False)]] * AVERAGE_FRAMES)  # only the near frames count
+    cut = (big[0] + 10, big[1] + 10, big[2] - 15, big[3] - 30)  # a turned head: p jumps, from a shrunk box
+    policy.update([Verdict(cut, 0.99, "without_mask")], (20 + AVERAGE_FRAMES) / FPS)
+    track = policy.tracks[0]
+    assert (track.near, track.near_p) == (AVERAGE_FRAMES, pytest.approx(0.01 * AVERAGE_FRAMES))
+    assert track.state == MASKED
 
 
 def test_the_policy_takes_pipeline_results():
@@ -204,4 +255,4 @@ def test_a_face_after_the_timeout_starts_a_new_track():
     feed(policy, [[v(A, True)]] * 5)
     assert policy.state == DENY
     # The same place, much later: a new person, who must earn their own votes.
-    assert feed(policy, [[v(A, False)]] * 3, start=60.0) == [IDLE, IDLE, ALLOW]
+    assert feed(policy, [[v(A, False)]] * AVERAGE_FRAMES, start=60.0) == [IDLE] * (AVERAGE_FRAMES - 1) + [ALLOW]

@@ -22,6 +22,8 @@ from appliance import config
 from appliance.seeing.sources import Frame, ImageSource
 from appliance.service import Service
 
+STILL = config.SourceConfig().still_frames  # each photo long enough for a masked face to settle (10 near frames)
+
 
 def test_an_unmasked_scene_locks_the_door_and_sounds_the_buzzer(model_dir, tmp_path):
     image = scene_images("without_mask", limit=1)
@@ -39,7 +41,7 @@ def test_an_unmasked_scene_locks_the_door_and_sounds_the_buzzer(model_dir, tmp_p
 def test_masked_scenes_never_touch_the_relay_or_buzzer(model_dir, tmp_path):
     images = scene_images("with_mask", limit=3)
     service = make_service(model_dir, tmp_path)
-    service.run(ImageSource(images, still_frames=8))
+    service.run(ImageSource(images, still_frames=STILL))
     assert [e["state"] for e in events(tmp_path, "decision")].count("allow") == 3
     states(RELAY, [False])
     states(BUZZER, [False])
@@ -50,7 +52,7 @@ def test_unlock_on_masked_releases_for_masked_faces_only(model_dir, tmp_path):
     masked, unmasked = scene_images("with_mask", limit=1), scene_images("without_mask", limit=1)
     gpio = {"fail": "secure", "relay_energized": "released"}
     service = make_service(model_dir, tmp_path, policy={"mode": "unlock-on-masked"}, gpio=gpio)
-    service.run(ImageSource(masked + unmasked, still_frames=8))
+    service.run(ImageSource(masked + unmasked, still_frames=STILL))
     doors = [(e["state"], e["door"]) for e in events(tmp_path, "decision")]
     assert ("allow", "released") in doors and ("deny", "locked") in doors
     states(RELAY, [False, True, False])  # locked (de-energized) at start and stop, released for the masked face

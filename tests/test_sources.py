@@ -378,7 +378,7 @@ def test_the_service_skips_a_huge_image_at_once_without_a_false_no_frames_fault(
     (folder / "a-photo.jpg").write_bytes(scene_images("with_mask", limit=1)[0].read_bytes())
     write_big_jpeg(folder / "b-big.jpg")
     (folder / "c-photo.jpg").write_bytes(scene_images("without_mask", limit=1)[0].read_bytes())
-    service = make_service(model_dir, tmp_path, source={"still_frames": 8}, service={"camera_timeout": 1.0})
+    service = make_service(model_dir, tmp_path, source={"still_frames": 15}, service={"camera_timeout": 1.0})
     source = open_source(service.cfg.source, str(folder))
     assert service.run(source) == 0
     assert source.skips.counts == {"too large": 1}

@@ -53,7 +53,7 @@ def test_judge_counts_an_allow_before_a_deny():
     masked = [Verdict(face, 0.02, "with_mask")] * 5
     unmasked = [Verdict(face, 0.98, "without_mask")] * 10
     frames = [(i / 15, [v]) for i, v in enumerate(masked + unmasked)]
-    out = visits.judge(visit, frames, Policy(PolicyConfig(allow_evidence=3.0), 0.5))
+    out = visits.judge(visit, frames, Policy(PolicyConfig(allow_evidence=3.0, judge_average=False), 0.5))  # votes
     assert out.allowed and out.denied and out.allow_before_deny and out.denies == 1
     assert out.first_allow == pytest.approx(2 / 15, abs=1e-3) and out.first_deny > out.first_allow
     table = visits.summarise([out])

@@ -7,8 +7,12 @@ the face's size (size / `full_size`, up to 1) and with how sure the model is (no
 "not properly masked" and against it, into one score kept within ±(deny_evidence + allow_evidence), so that a
 track can change its mind, but only on as much evidence again. A track settles as unmasked (or incorrectly
 masked) when its score reaches `deny_evidence`, and as masked when it falls to -`allow_evidence` and the face has
-been seen at least `allow_size` large. One unmasked face denies at once; the decision then holds `deny_hold`
-seconds after the last unmasked face has gone (and `allow_hold` for allow). An unsettled face never allows.
+been seen at least `allow_size` large. With `judge_average`, a face seen at `allow_size` or larger is also judged
+on its average p over those frames, at the model's own threshold: at or above it the face settles as not properly
+masked, and it settles as masked only below it (a mask just under the nose gives p wavering around the threshold,
+so few of its frames are sure enough to vote). One unmasked face denies at once; the decision then holds
+`deny_hold` seconds after the last unmasked face has gone (and `allow_hold` for allow). An unsettled face never
+allows.
 
 The clock `t` is the frame's own time: a camera's capture time, or a video file's timestamps.
 
@@ -32,6 +36,11 @@ WITH_MASK, WITHOUT_MASK, INCORRECT_MASK = vocab.Label.WITH_MASK, vocab.Label.WIT
 # mask off in issue 17's videos, p 0.004 -> 0.67): that frame casts no vote. The validation visits (faces that grow
 # steadily) never shrink a box this much, so they neither chose nor contradict it: 0.0 to 0.9 gave the same figures.
 SHRINK = 0.8
+# Frames at allow_size or larger before a face's average p counts (judge_average): 0.67 s of a near face at 15 fps.
+# Chosen on replays of scenes-ilc's validation visits (README, Door visits): wrong visits of every kind fell from 10
+# (2 frames: 9, 3 to 6: 10) to 8 at 10 and 12 frames and 7 at 16 and 20, which allow fewer masked visitors within
+# the 3 s visit (49 and 48 of 60, against 50); of those within one visit of the fewest, the fewest frames.
+AVERAGE_FRAMES = 10
 
 
 @dataclass(frozen=True)
@@ -75,6 +84,9 @@ class Track:
     state: str = UNKNOWN
     flagged: float = 0.0  # every vote's weight for "not properly masked", never capped (for collection)
     cleared: float = 0.0  # ... and against it
+    near: int = 0  # frames seen at allow_size or larger (judge_average)
+    near_p: float = 0.0  # ... the sum of their p(not properly masked)
+    near_incorrect: float = 0.0  # ... and of the share of it that said "mask worn wrong"
 
     @property
     def disagreed(self) -> bool:
@@ -134,12 +146,10 @@ class Policy:
         track's face size in the frame before."""
         cfg = self.cfg
         allow_incorrect = cfg.incorrect_mask == "allow"
-        p = v.p_without_mask
-        if allow_incorrect and v.p_incorrect_mask is not None:
-            p -= v.p_incorrect_mask  # a mask worn wrong counts as a mask: only "no mask at all" flags
+        p = self.p(v)
         flagged = v.label == WITHOUT_MASK or (v.label == INCORRECT_MASK and not allow_incorrect)
         size = v.size
-        if size < cfg.min_size or (previous_size is not None and size < SHRINK * previous_size):
+        if size < cfg.min_size or self.shrank(v, previous_size):
             return 0.0, flagged, False
         # How sure the model is of what it said: 0 at the threshold, 1 at p = 0 or 1, whatever the threshold. A p on
         # the other side of the threshold from the label (a mask worn wrong, allowed, may be either) casts no vote.
@@ -149,9 +159,31 @@ class Policy:
         w = min(1.0, size / cfg.full_size) * confidence
         return w, flagged, flagged and v.label == INCORRECT_MASK
 
+    def p(self, v: Verdict) -> float:
+        """The face's p(not properly masked) as this door counts it."""
+        if self.cfg.incorrect_mask == "allow" and v.p_incorrect_mask is not None:
+            return v.p_without_mask - v.p_incorrect_mask  # a mask worn wrong counts as a mask: only "no mask" flags
+        return v.p_without_mask
+
+    @staticmethod
+    def shrank(v: Verdict, previous_size: float | None) -> bool:
+        return previous_size is not None and v.size < SHRINK * previous_size
+
+    def _average(self, track: Track, v: Verdict, previous_size: float | None) -> bool | None:
+        """judge_average: whether the near face's average p is at or above the threshold (None: not counted yet)."""
+        if not self.cfg.judge_average:
+            return None
+        if v.size >= self.cfg.allow_size and not self.shrank(v, previous_size):
+            track.near += 1
+            track.near_p += self.p(v)
+            if self.cfg.incorrect_mask != "allow":
+                track.near_incorrect += v.p_incorrect_mask or 0.0
+        return None if track.near < AVERAGE_FRAMES else track.near_p / track.near >= self.threshold
+
     def _vote(self, track: Track, v: Verdict, previous_size: float | None) -> None:
         cfg = self.cfg
         w, flagged, incorrect = self.weight(v, previous_size)
+        average_flags = self._average(track, v, previous_size)
         cap = cfg.deny_evidence + cfg.allow_evidence
         track.score = max(-cap, min(cap, track.score + (w if flagged else -w)))
         if flagged:
@@ -167,7 +199,11 @@ class Policy:
         track.frames += 1
         if track.score >= cfg.deny_evidence:
             track.state = INCORRECT if track.incorrect > track.without else UNMASKED
-        elif track.score <= -cfg.allow_evidence and track.max_size >= cfg.allow_size:
+        elif average_flags:
+            # Settled by the average alone: "worn wrong" when that was most of it.
+            track.state = INCORRECT if 2 * track.near_incorrect > track.near_p else UNMASKED
+        elif (track.score <= -cfg.allow_evidence and track.max_size >= cfg.allow_size
+              and (average_flags is False or not cfg.judge_average)):
             track.state = MASKED
 
     def _match(self, verdicts: list[Verdict], t: float) -> list[Track]:
