@@ -41,6 +41,11 @@ SHRINK = 0.8
 # (2 frames: 9, 3 to 6: 10) to 8 at 10 and 12 frames and 7 at 16 and 20, which allow fewer masked visitors within
 # the 3 s visit (49 and 48 of 60, against 50); of those within one visit of the fewest, the fewest frames.
 AVERAGE_FRAMES = 10
+# ... and the average is of the last this many near frames, not of the whole track: a visitor who stood unmasked for
+# a minute and then puts a mask on must not wait for a minute of masked frames. Over 20 frames the average falls
+# below a threshold of 0.56 after 9 masked ones, as the votes change their mind (from +5.5 to -3: 9 frames). On the
+# validation visits, windows of 10 to 30 frames and the whole track gave the same figures.
+AVERAGE_WINDOW = 20
 
 
 @dataclass(frozen=True)
@@ -84,9 +89,8 @@ class Track:
     state: str = UNKNOWN
     flagged: float = 0.0  # every vote's weight for "not properly masked", never capped (for collection)
     cleared: float = 0.0  # ... and against it
-    near: int = 0  # frames seen at allow_size or larger (judge_average)
-    near_p: float = 0.0  # ... the sum of their p(not properly masked)
-    near_incorrect: float = 0.0  # ... and of the share of it that said "mask worn wrong"
+    near: list[tuple[float, float]] = field(default_factory=list)  # judge_average: the last AVERAGE_WINDOW frames
+    # seen at allow_size or larger, as (p(not properly masked), the share of it that said "mask worn wrong")
 
     @property
     def disagreed(self) -> bool:
@@ -174,11 +178,12 @@ class Policy:
         if not self.cfg.judge_average:
             return None
         if v.size >= self.cfg.allow_size and not self.shrank(v, previous_size):
-            track.near += 1
-            track.near_p += self.p(v)
-            if self.cfg.incorrect_mask != "allow":
-                track.near_incorrect += v.p_incorrect_mask or 0.0
-        return None if track.near < AVERAGE_FRAMES else track.near_p / track.near >= self.threshold
+            worn_wrong = (v.p_incorrect_mask or 0.0) if self.cfg.incorrect_mask != "allow" else 0.0
+            track.near.append((self.p(v), worn_wrong))
+            del track.near[:-AVERAGE_WINDOW]
+        if len(track.near) < AVERAGE_FRAMES:
+            return None
+        return sum(p for p, _ in track.near) / len(track.near) >= self.threshold
 
     def _vote(self, track: Track, v: Verdict, previous_size: float | None) -> None:
         cfg = self.cfg
@@ -201,7 +206,8 @@ class Policy:
             track.state = INCORRECT if track.incorrect > track.without else UNMASKED
         elif average_flags:
             # Settled by the average alone: "worn wrong" when that was most of it.
-            track.state = INCORRECT if 2 * track.near_incorrect > track.near_p else UNMASKED
+            p, worn_wrong = (sum(x) for x in zip(*track.near, strict=True))
+            track.state = INCORRECT if 2 * worn_wrong > p else UNMASKED
         elif (track.score <= -cfg.allow_evidence and track.max_size >= cfg.allow_size
               and (average_flags is False or not cfg.judge_average)):
             track.state = MASKED
