@@ -136,8 +136,8 @@ def test_a_single_frame_flip_does_not_change_the_decision():
 
 
 def test_changing_back_needs_as_much_evidence_again_hysteresis():
-    cfg = PolicyConfig(deny_hold=0, allow_hold=0, deny_evidence=2.0, allow_evidence=3.0)
-    states = feed(Policy(cfg), [[v(A, True)]] * 8 + [[v(A, False)]] * 10)
+    cfg = PolicyConfig(deny_hold=0, allow_hold=0, deny_evidence=2.0, allow_evidence=3.0, judge_average=False)
+    states = feed(Policy(cfg), [[v(A, True)]] * 8 + [[v(A, False)]] * 10)  # the votes (the average: further down)
     # Eight unmasked votes cap the score at 2 + 3 = 5; it takes eight masked ones to reach -3.
     assert states[7:15] == [DENY] * 8 and states[15:] == [ALLOW] * 3
 

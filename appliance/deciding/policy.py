@@ -8,7 +8,7 @@ the face's size (size / `full_size`, up to 1) and with how sure the model is (no
 track can change its mind, but only on as much evidence again. A track settles as unmasked (or incorrectly
 masked) when its score reaches `deny_evidence`, and as masked when it falls to -`allow_evidence` and the face has
 been seen at least `allow_size` large. With `judge_average`, a face seen at `allow_size` or larger is also judged
-on its average p over those frames, at the model's own threshold: at or above it the face settles as not properly
+on its average p over its last such frames, at the model's threshold: at or above it the face settles as not properly
 masked, and it settles as masked only below it (a mask just under the nose gives p wavering around the threshold,
 so few of its frames are sure enough to vote). One unmasked face denies at once; the decision then holds
 `deny_hold` seconds after the last unmasked face has gone (and `allow_hold` for allow). An unsettled face never
@@ -23,6 +23,7 @@ read top to bottom as the door's specification.
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -183,7 +184,9 @@ class Policy:
             del track.near[:-AVERAGE_WINDOW]
         if len(track.near) < AVERAGE_FRAMES:
             return None
-        return sum(p for p, _ in track.near) / len(track.near) >= self.threshold
+        # fsum: the same sum on every Python (3.12's sum() compensates, 3.11's does not), so a Pi on Bookworm and
+        # one on Trixie decide alike when the average sits on the threshold.
+        return math.fsum(p for p, _ in track.near) / len(track.near) >= self.threshold
 
     def _vote(self, track: Track, v: Verdict, previous_size: float | None) -> None:
         cfg = self.cfg
@@ -206,7 +209,7 @@ class Policy:
             track.state = INCORRECT if track.incorrect > track.without else UNMASKED
         elif average_flags:
             # Settled by the average alone: "worn wrong" when that was most of it.
-            p, worn_wrong = (sum(x) for x in zip(*track.near, strict=True))
+            p, worn_wrong = (math.fsum(x) for x in zip(*track.near, strict=True))
             track.state = INCORRECT if 2 * worn_wrong > p else UNMASKED
         elif (track.score <= -cfg.allow_evidence and track.max_size >= cfg.allow_size
               and (average_flags is False or not cfg.judge_average)):
