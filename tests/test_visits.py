@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from support.data import SCENES, scene_images
 
-from appliance.config import PolicyConfig
+from appliance.config import DetectorConfig, PolicyConfig
 from appliance.deciding.policy import Policy, Verdict
+from appliance.seeing.detector import make_detector
 from training import visits
 
 
@@ -45,6 +46,41 @@ def test_visits_are_seeded_and_grow_the_face_without_upsampling(small_set):
     heights = [boxes[0][3] - boxes[0][1] for _, _, boxes in one]
     assert heights[0] == pytest.approx(40) and heights[-1] == pytest.approx(150) and heights == sorted(heights)
     assert one[0][1].shape == (480, 640, 3)
+
+
+def test_a_visit_shows_its_visitor_alone_even_when_the_set_leaves_bystanders_unlabelled():
+    # A crowd photo (scenes-dev) with its other faces' labels left out, as a set that labels only some people does.
+    face = visits.SourceFace(str(SCENES / "images" / "scene_0009.jpg"), (748.0, 65.0, 862.0, 215.0), "with_mask")
+    visit = visits.Visit("crowd", "with_mask", [face], seed=5)
+    door = make_detector(DetectorConfig())
+    r = visits.Render(seconds=1.0, fps=5)
+    _, bare, _ = list(visits.render(visit, r))[-1]
+    _, alone, (box,) = list(visits.render(visit, r, {}, make_detector(DetectorConfig(), photos=True)))[-1]
+    assert len(door.detect(bare)) >= 3  # the strangers behind the visitor are in the cut-out
+    (found,) = door.detect(alone)
+    assert visits.iou(found.box, box) > 0.5  # ... and with them blanked, the door sees the visitor only
+
+
+def test_an_odd_second_box_on_the_visitors_own_head_is_not_blanked():
+    # scenes-ilc: the photo detector boxes this face twice, once well off to one side (IoU 0.15 with the label).
+    photo = SCENES.parent / "scenes-ilc" / "images" / "cb6109dcd39b5c64.jpg"
+    face = visits.SourceFace(str(photo), (695.0, 160.0, 784.0, 354.0), "without_mask", ((487.0, 118.0, 602.0, 265.0),))
+    visit = visits.Visit("odd", "without_mask", [face], seed=5)
+    frames = list(visits.render(visit, visits.Render(seconds=1.0, fps=5), {}, make_detector(DetectorConfig(),
+                                                                                           photos=True)))
+    door = make_detector(DetectorConfig())
+    for _, image, (box,) in frames[2:]:  # 95 px and up
+        assert any(visits.iou(f.box, box) > 0.3 for f in door.detect(image))
+
+
+def test_blanking_a_neighbour_never_cuts_into_the_visitors_face():
+    image = np.full((400, 400, 3), 200, np.uint8)
+    face = visits.SourceFace("p.jpg", (150.0, 150.0, 250.0, 270.0), "with_mask", others=((220.0, 120.0, 330.0, 240.0),))
+    patch, (x1, y1, x2, y2) = visits._cutout(image, face, (0, 0, 0), found=[(60.0, 60.0, 140.0, 160.0)])
+    assert (patch[int(y1):int(y2), int(x1):int(x2)] == 200).all()  # the visitor's face is whole
+    neighbour = patch[int(y1):int(y1) + 20, int(x2):]  # beside it, the labelled neighbour is blanked
+    stranger = patch[0:10, 0:10]  # and up left, the found stranger (grown by a fifth)
+    assert neighbour.size and (neighbour == 0).all() and (stranger == 0).all()
 
 
 def test_judge_counts_an_allow_before_a_deny():

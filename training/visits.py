@@ -1,11 +1,12 @@
 """Door-level evaluation: seeded approach visits made from labelled scene photos, judged by the pipeline and Policy.
 
-A still photo is not what a door sees. A visit here is a person walking up to the camera: a labelled face (with
-some head and shoulders around it) cut from its photo, pasted on a plain background and grown from `--start` px to
-`--end` px tall over `--seconds` at `--fps`, drifting a little, with sensor noise, blur and JPEG artefacts. Only
-faces at least `--end` px tall in their photo are used, so no frame is upsampled. Pairs put two people side by
-side. Each visit runs through the real detector and classifier and a fresh Policy on the video's own clock (frame
-i at i / fps seconds), so the figures are what the door would decide, frame by frame.
+A still photo is not what a door sees. A visit here is a person walking up to the camera: a labelled face (with some
+head and shoulders around it) cut from its photo, everyone else in the cut-out blanked (labelled, or found by the
+detector), pasted on a plain background and grown from `--start` px to `--end` px tall over `--seconds` at `--fps`,
+drifting a little, with sensor noise, blur and JPEG artefacts. Only faces at least `--end` px tall in their photo
+are used, so no frame is upsampled. Pairs put two people side by side. Each visit runs through the real detector and
+classifier and a fresh Policy on the video's own clock (frame i at i / fps seconds), so the figures are what the
+door would decide, frame by frame.
 
 Reported per kind of visit: visits denied, masked visits wrongly denied, time to first deny (median, p90), visits
 with an `allow` before a `deny`, deny decisions per visit, and beside them the same faces on their still photo.
@@ -39,6 +40,7 @@ from appliance.vocab import Decision
 if TYPE_CHECKING:  # names for hints only: the model runtime is loaded where used (a --replay needs none)
     from appliance.config import Config
     from appliance.seeing.classifier import MaskClassifier
+    from appliance.seeing.detector import FaceDetector
 
 log = logging.getLogger(__name__)
 
@@ -135,22 +137,47 @@ def plan_visits(faces: list[SourceFace], max_visits: int, pairs: int, seed: int)
     return visits
 
 
-def _cutout(image: np.ndarray, face: SourceFace, background: tuple[int, int, int]) -> tuple[np.ndarray, Box]:
-    """The face with some head and shoulders around it, other labelled faces blanked; and the face's box in it."""
+def _cutout(image: np.ndarray, face: SourceFace, background: tuple[int, int, int], found: Sequence[Box] = ()
+            ) -> tuple[np.ndarray, Box]:
+    """The face with some head and shoulders around it, and the face's box in it. Everyone else in the cut-out is
+    blanked: the photo's other labelled faces, and `found` (faces a detector found in the photo), which takes in the
+    bystanders a set leaves unlabelled. A visit is one person: an unmasked stranger behind a masked visitor is not
+    the masked visitor being denied. The visitor's own face box is never blanked, even where a neighbour's overlaps."""
     x1, y1, x2, y2 = face.box
     w, h = x2 - x1, y2 - y1
     H, W = image.shape[:2]  # noqa: N806
     cx1, cy1 = int(max(0, x1 - 0.4 * w)), int(max(0, y1 - 0.4 * h))
     cx2, cy2 = int(min(W, x2 + 0.4 * w)), int(min(H, y2 + 0.6 * h))
     patch = image[cy1:cy2, cx1:cx2].copy()
-    for ox1, oy1, ox2, oy2 in face.others:  # a neighbour's face is not part of this visit
-        if iou(face.box, (ox1, oy1, ox2, oy2)) > 0.5:
-            continue
+    others = [b for b in face.others if iou(face.box, b) <= 0.5]
+    # A detector's box is the face alone: grown by a fifth each way, it takes in the ears and hair around it too.
+    others += [_grown(b, 0.2) for b in found if not _is_face(b, face.box) and all(iou(b, o) <= 0.3 for o in others)]
+    for ox1, oy1, ox2, oy2 in others:
         a, b = int(max(0, ox1 - cx1)), int(max(0, oy1 - cy1))
         c, d = int(min(patch.shape[1], ox2 - cx1)), int(min(patch.shape[0], oy2 - cy1))
         if c > a and d > b:
             patch[b:d, a:c] = background
+    fx1, fy1, fx2, fy2 = (int(v) for v in (x1 - cx1, y1 - cy1, x2 - cx1, y2 - cy1))
+    patch[max(0, fy1):fy2, max(0, fx1):fx2] = image[cy1 + max(0, fy1):cy1 + fy2, cx1 + max(0, fx1):cx1 + fx2]
     return patch, (x1 - cx1, y1 - cy1, x2 - cx1, y2 - cy1)
+
+
+def _grown(box: Box, share: float) -> Box:
+    x1, y1, x2, y2 = box
+    dx, dy = share * (x2 - x1), share * (y2 - y1)
+    return x1 - dx, y1 - dy, x2 + dx, y2 + dy
+
+
+def _is_face(found: Box, box: Box) -> bool:
+    """Whether a detector's box may be the labelled face `box` (or a second, odd box on it), so is not blanked:
+    labelled boxes run looser or tighter than the detector's, and a turned head gets odd boxes, so it is when either
+    box lies a third or more inside the other, or the found box's centre lies inside the labelled one. A stranger
+    that close would hide the visitor anyway."""
+    cx, cy = (found[0] + found[2]) / 2, (found[1] + found[3]) / 2
+    w = max(0.0, min(found[2], box[2]) - max(found[0], box[0]))
+    h = max(0.0, min(found[3], box[3]) - max(found[1], box[1]))
+    smaller = min((found[2] - found[0]) * (found[3] - found[1]), (box[2] - box[0]) * (box[3] - box[1]))
+    return w * h >= smaller / 3 or (box[0] <= cx <= box[2] and box[1] <= cy <= box[3])
 
 
 @dataclass
@@ -166,9 +193,10 @@ class Render:
         return int(round(self.seconds * self.fps))
 
 
-def render(visit: Visit, r: Render, cache: dict[str, np.ndarray] | None = None
+def render(visit: Visit, r: Render, cache: dict[str, np.ndarray] | None = None, detector: FaceDetector | None = None
            ) -> Iterator[tuple[float, np.ndarray, list[Box]]]:
-    """The visit's frames: (video time, BGR frame, each person's labelled face box in the frame)."""
+    """The visit's frames: (video time, BGR frame, each person's labelled face box in the frame). `detector` (for
+    still photos): the faces it finds in a photo, other than the visitor's, are blanked from the cut-out too."""
     from appliance.seeing.imaging import read_bgr
 
     rng = np.random.default_rng(visit.seed)
@@ -187,7 +215,7 @@ def render(visit: Visit, r: Render, cache: dict[str, np.ndarray] | None = None
                 raise OSError(f"{face.image}: unreadable photo")
             if cache is not None:
                 cache[face.image] = image
-        patch, box = _cutout(image, face, background)
+        patch, box = _cutout(image, face, background, _found(face.image, image, detector, cache))
         n = len(visit.faces)
         cx = W * ((k + 1) / (n + 1)) + rng.uniform(-0.06, 0.06) * W
         people.append({"patch": patch, "box": box, "cx": cx, "cy": H * rng.uniform(0.38, 0.48),
@@ -216,6 +244,20 @@ def render(visit: Visit, r: Render, cache: dict[str, np.ndarray] | None = None
         noisy = np.clip(blurred + rng.normal(0, noise, canvas.shape), 0, 255).astype(np.uint8)
         ok, jpeg = cv2.imencode(".jpg", noisy, [cv2.IMWRITE_JPEG_QUALITY, quality])
         yield i / r.fps, np.asarray(cv2.imdecode(jpeg, cv2.IMREAD_COLOR)), boxes
+
+
+def _found(path: str, image: np.ndarray, detector: FaceDetector | None, cache: dict[str, np.ndarray] | None
+           ) -> list[Box]:
+    """The boxes `detector` finds in a photo (none without one), kept in `cache` beside the photo."""
+    if detector is None:
+        return []
+    key = path + "#faces"  # beside the photo under a key no path has
+    boxes = cache.get(key) if cache is not None else None
+    if boxes is None:
+        boxes = np.array([f.box for f in detector.detect(image)], np.float64).reshape(-1, 4)
+        if cache is not None:
+            cache[key] = boxes
+    return [(float(a), float(b), float(c), float(d)) for a, b, c, d in boxes]
 
 
 FrameFaces = list[list[Verdict]]
@@ -357,6 +399,7 @@ def door_runs(cfg: Config, models: Sequence[MaskClassifier], labels_csv: Path, s
     runs once on it, then each model classifies the same faces, so the models are judged on the same detections
     (and rendering and detection, most of the work, are not repeated per model). `still`: also each model's
     still-photo figures (the table's last column; the gate does not use them)."""
+    from appliance.seeing.detector import make_detector
     from appliance.seeing.pipeline import Pipeline
     from appliance.seeing.sources import Frame
 
@@ -370,10 +413,11 @@ def door_runs(cfg: Config, models: Sequence[MaskClassifier], labels_csv: Path, s
     started = time.monotonic()
     frames: list[dict[str, list[tuple[float, list[Verdict]]]]] = [{} for _ in pipelines]
     photo_cache: dict[str, np.ndarray] = {}
+    bystanders = make_detector(cfg.detector, photos=True)  # blanks the people a set leaves unlabelled
     for n, visit in enumerate(visits):
         for seen in frames:
             seen[visit.id] = []
-        for i, (t, image, _) in enumerate(render(visit, r, photo_cache)):
+        for i, (t, image, _) in enumerate(render(visit, r, photo_cache, bystanders)):
             frame = Frame(image, t, i)
             faces = first.detect(frame)
             for seen, pipeline in zip(frames, pipelines, strict=True):
