@@ -150,9 +150,8 @@ class Policy:
         """(weight, not properly masked?, worn wrong?) of one face's vote in one frame; `previous_size` is its
         track's face size in the frame before."""
         cfg = self.cfg
-        allow_incorrect = cfg.incorrect_mask == "allow"
         p = self.p(v)
-        flagged = v.label == WITHOUT_MASK or (v.label == INCORRECT_MASK and not allow_incorrect)
+        flagged = v.label == WITHOUT_MASK or (v.label == INCORRECT_MASK and not self.allow_incorrect)
         size = v.size
         if size < cfg.min_size or self.shrank(v, previous_size):
             return 0.0, flagged, False
@@ -164,9 +163,14 @@ class Policy:
         w = min(1.0, size / cfg.full_size) * confidence
         return w, flagged, flagged and v.label == INCORRECT_MASK
 
+    @property
+    def allow_incorrect(self) -> bool:
+        """Whether a mask worn wrong counts as a mask ([policy] incorrect_mask; a reload may change it)."""
+        return self.cfg.incorrect_mask == "allow"
+
     def p(self, v: Verdict) -> float:
         """The face's p(not properly masked) as this door counts it."""
-        if self.cfg.incorrect_mask == "allow" and v.p_incorrect_mask is not None:
+        if self.allow_incorrect and v.p_incorrect_mask is not None:
             return v.p_without_mask - v.p_incorrect_mask  # a mask worn wrong counts as a mask: only "no mask" flags
         return v.p_without_mask
 
@@ -174,24 +178,25 @@ class Policy:
     def shrank(v: Verdict, previous_size: float | None) -> bool:
         return previous_size is not None and v.size < SHRINK * previous_size
 
-    def _average(self, track: Track, v: Verdict, previous_size: float | None) -> bool | None:
-        """judge_average: whether the near face's average p is at or above the threshold (None: not counted yet)."""
+    def _near_sums(self, track: Track, v: Verdict, previous_size: float | None) -> tuple[float, float] | None:
+        """judge_average: the near window's sums of p and of its "worn wrong" share (None: not counted yet)."""
         if not self.cfg.judge_average:
             return None
         if v.size >= self.cfg.allow_size and not self.shrank(v, previous_size):
-            worn_wrong = (v.p_incorrect_mask or 0.0) if self.cfg.incorrect_mask != "allow" else 0.0
+            worn_wrong = 0.0 if self.allow_incorrect else (v.p_incorrect_mask or 0.0)
             track.near.append((self.p(v), worn_wrong))
             del track.near[:-AVERAGE_WINDOW]
         if len(track.near) < AVERAGE_FRAMES:
             return None
         # fsum: the same sum on every Python (3.12's sum() compensates, 3.11's does not), so a Pi on Bookworm and
         # one on Trixie decide alike when the average sits on the threshold.
-        return math.fsum(p for p, _ in track.near) / len(track.near) >= self.threshold
+        p, worn_wrong = (math.fsum(x) for x in zip(*track.near, strict=True))
+        return p, worn_wrong
 
     def _vote(self, track: Track, v: Verdict, previous_size: float | None) -> None:
         cfg = self.cfg
         w, flagged, incorrect = self.weight(v, previous_size)
-        average_flags = self._average(track, v, previous_size)
+        near = self._near_sums(track, v, previous_size)
         cap = cfg.deny_evidence + cfg.allow_evidence
         track.score = max(-cap, min(cap, track.score + (w if flagged else -w)))
         if flagged:
@@ -207,12 +212,12 @@ class Policy:
         track.frames += 1
         if track.score >= cfg.deny_evidence:
             track.state = INCORRECT if track.incorrect > track.without else UNMASKED
-        elif average_flags:
-            # Settled by the average alone: "worn wrong" when that was most of it.
-            p, worn_wrong = (math.fsum(x) for x in zip(*track.near, strict=True))
+        elif near is not None and near[0] / len(track.near) >= self.threshold:
+            # Settled by the average alone (at or above the threshold): "worn wrong" when that was most of it.
+            p, worn_wrong = near
             track.state = INCORRECT if 2 * worn_wrong > p else UNMASKED
         elif (track.score <= -cfg.allow_evidence and track.max_size >= cfg.allow_size
-              and (average_flags is False or not cfg.judge_average)):
+              and (near is not None or not cfg.judge_average)):  # the average, if on, counted and below
             track.state = MASKED
 
     def _match(self, verdicts: list[Verdict], t: float) -> list[Track]:
