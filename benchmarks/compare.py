@@ -89,10 +89,10 @@ def run_classic(files: list[Path], threads: int, model_path: Path | None = None)
     import tf_keras
     from tf_keras.applications.mobilenet_v2 import preprocess_input
 
-    from appliance.assets import resolve
+    from appliance.seeing.detector import read_ssd
 
     tf.config.threading.set_intra_op_parallelism_threads(threads)
-    net = cv2.dnn.readNetFromTensorflow(str(resolve("ssd_weights")), str(resolve("ssd_config")))
+    net = read_ssd()  # the same res10 SSD, refused in one line on OpenCV 5
     model = tf_keras.models.load_model(PEER, compile=False)
     times: dict[str, list[float]] = {s: [] for s in STAGES}
     faces, detections = 0, {}

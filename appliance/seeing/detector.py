@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 
 from appliance.assets import resolve
-from appliance.config import DetectorConfig
+from appliance.config import ConfigError, DetectorConfig
 
 
 @dataclass(frozen=True)
@@ -133,12 +133,21 @@ class _YuNetLook:
         return out
 
 
+def read_ssd() -> cv2.dnn.Net:
+    """The res10 SSD's network. OpenCV 5 dropped the TensorFlow (and Caffe) importers it is published for, and no
+    ONNX form of it is published upstream, so there it is refused in one line rather than converted by us."""
+    if not hasattr(cv2.dnn, "readNetFromTensorflow"):
+        raise ConfigError(f'[detector] kind = "ssd" needs OpenCV 4: OpenCV {cv2.__version__} has no TensorFlow '
+                          'importer for its weights; use kind = "yunet" (the default)')
+    return cv2.dnn.readNetFromTensorflow(str(resolve("ssd_weights")), str(resolve("ssd_config")))
+
+
 class SSDDetector:
     """The res10 SSD of the classic tutorials (8-bit TensorFlow weights), at 300x300, photo or frame alike."""
 
     def __init__(self, cfg: DetectorConfig, photos: bool = False):
         self.cfg = cfg
-        self._net = cv2.dnn.readNetFromTensorflow(str(resolve("ssd_weights")), str(resolve("ssd_config")))
+        self._net = read_ssd()
 
     def detect(self, frame_bgr: np.ndarray) -> list[Face]:
         h, w = frame_bgr.shape[:2]
