@@ -59,3 +59,14 @@ def test_rules_only_name_metrics_the_appliance_serves():
     # The example scrape config scrapes the job the rules select.
     assert 'job_name: mask-appliance' in (MONITORING / "prometheus.yml").read_text()
     assert (MONITORING / "alerts.yml").read_text().count('job="mask-appliance"') == 4
+
+
+def test_the_unexpected_model_alert_expects_the_shipped_model():
+    """The alert names the model this release rolls out: the shipped one, by its card's sha256 (it once named the
+    previous model, and would have fired on every door that ran the shipped one)."""
+    import json
+
+    card = json.loads((REPO / "models" / "mask_classifier.json").read_text())
+    rule = (MONITORING / "alerts.yml").read_text()
+    assert re.findall(r'sha256!="([0-9a-f]{64})"', rule) == [card["sha256"]]
+    assert f'sha256="{card["sha256"]}"' in (MONITORING / "alerts.test.yml").read_text()  # the door that raises none
