@@ -29,12 +29,19 @@ def _config(path: Path | None, files: bool = True) -> tuple[config_mod.Config, P
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from appliance.service import Service
+    from appliance.service import Service, ServiceError
 
     cfg, path = _config(args.config, files=False)  # the service checks them itself, at start and on every reload
     service = Service(cfg, path, args.source, print_decisions=args.print_decisions)
+    # On a terminal, tracebacks go to a file beside the event log (the state folder); the journal keeps its own.
+    kept = cliparse.keep_tracebacks(Path(cfg.events.database).parent)
     service.install_signals()
-    return service.run()
+    try:
+        return service.run()
+    except ServiceError as exc:
+        if kept is None:
+            raise
+        raise ServiceError(f"{exc} (traceback in {kept})") from exc.__cause__
 
 
 def cmd_detect(args: argparse.Namespace) -> int:

@@ -38,7 +38,8 @@ log = logging.getLogger(__name__)
 
 
 class ServiceError(RuntimeError):
-    """The frame loop failed. The message is one line (the CLI prints it); the traceback is in the log."""
+    """The frame loop failed. The message is one line (the CLI prints it); the traceback is in the log: the journal
+    under systemd, else the file cliparse.keep_tracebacks names (and the console with -v)."""
 
 
 class Service:
@@ -137,7 +138,9 @@ class Service:
             self.loop.run(reader)
             return 0
         except Exception as exc:
-            log.exception("frame loop failed")  # the traceback, for the journal, whatever the type
+            # The traceback, whatever the type, for the journal (or, on a terminal, the log file cliparse keeps);
+            # not on a terminal's console: the command's last line (the ServiceError below) tells the failure there.
+            log.error("frame loop failed", exc_info=True, extra={"console": False})
             self.events.record(Kind.FAULT, None, what=Fault.CRASH, reason=repr(exc))
             first = (str(exc).splitlines() or [""])[0]
             raise ServiceError(f"frame loop failed: {type(exc).__name__}: {first}") from exc

@@ -1,4 +1,5 @@
-"""`mask-appliance detect` and `check`, run as a user runs them."""
+"""`mask-appliance detect` and `check`, and what the three commands share (exit codes, --version), run as a user
+runs them."""
 
 from __future__ import annotations
 
@@ -176,6 +177,20 @@ def test_verbose_after_the_sub_command_and_the_exit_codes_in_every_help():
     for args in (["--help"], ["run", "--help"], ["detect", "--help"], ["check", "--help"], ["config", "--help"]):
         out = run_cli(*args).stdout
         assert "exit codes:" in out and "1    a fault at run time" in out and "-v, --verbose" in out, args
+
+
+@pytest.mark.parametrize(("prog", "module"), [("mask-appliance", "appliance.cli"), ("mask-deploy", "deploy.cli"),
+                                              ("mask-train", "training.cli")])
+def test_version_of_every_command(prog, module):
+    if module == "training.cli" and os.environ.get("MASK_RUNTIME_ONLY") == "1":
+        pytest.skip("needs the training kit, which is not part of the Pi runtime")
+    from appliance import __version__
+
+    result = subprocess.run([sys.executable, "-m", module, "--version"], capture_output=True, text=True, cwd=REPO,
+                            timeout=120)
+    assert (result.returncode, result.stdout, result.stderr) == (0, f"{prog} {__version__}\n", "")
+    assert "--version" in subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True,
+                                         cwd=REPO, timeout=120).stdout
 
 
 def _benchmark(name: str):

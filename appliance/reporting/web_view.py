@@ -15,6 +15,7 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
+from appliance import __version__
 from appliance.reporting import events as events_mod
 from appliance.reporting.metrics import is_recovery
 from appliance.vocab import Decision, Fault, Kind, Recovery
@@ -92,7 +93,7 @@ class StatusView:
             return None if self._status is None else dict(self._status)
 
     def view(self) -> dict[str, Any]:
-        """/view.json: everything the page shows, in one poll."""
+        """/view.json: everything the page shows, in one poll (the release too, at the page's foot)."""
         with self._lock:
             self._roll_day()
             s = self._status or {}
@@ -101,7 +102,7 @@ class StatusView:
                 "fps": s.get("fps"), "frames": s.get("frames"), "uptime": s.get("uptime"),
                 "model": Path(str(s.get("model") or "")).name or None, "model_sha256": s.get("model_sha256"),
                 "running": s.get("running"), "today": dict(self._today), "recent": list(reversed(self._recent)),
-                "time": time.time(),
+                "time": time.time(), "version": __version__,
             }
 
 

@@ -2,7 +2,8 @@
 
 mask-deploy puts a new pair in place by two renames (card, then model, or the other way round), so a poll can fall
 between them and see a new card beside the old model. Such a half-written pair is "not yet": it is checked again at
-the next poll and refused (once) only if it stays mismatched for MISMATCH_POLLS polls in a row.
+each poll and refused (once) only at the first poll MISMATCH_WAIT seconds or more after it was first seen, whatever
+[service] model_poll is.
 """
 
 from __future__ import annotations
@@ -25,9 +26,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("appliance.service")
 
-# Polls in a row a changed pair may stay mismatched (card and model sha256 disagree) before it is refused. A push's
-# two renames are milliseconds apart; three polls (6 s at the default model_poll) is far more than that.
-MISMATCH_POLLS = 3
+# Seconds a changed pair may stay mismatched (card and model sha256 disagree) before it is refused. Time, not polls:
+# patience counted in polls shrank with the poll interval (3 polls refused a pair 0.4 s after its first sight at
+# model_poll = 0.2). A push's two renames are milliseconds apart, a copy by hand some seconds; mask-deploy waits 30 s
+# (--timeout) for the service's verdict, so a pair it half-wrote is still refused within that.
+MISMATCH_WAIT = 10.0
 
 
 @dataclass(frozen=True)
@@ -86,7 +89,7 @@ class ModelWatcher:
         self.fallback: str | None = None  # why the previous pair runs, while it does
         self.incomplete = 0  # half-written pairs seen (polls answered "not yet")
         self._stamp = FileStamp.of(self.path)
-        self._mismatched = 0  # polls in a row the changed pair has been mismatched
+        self._mismatched_since: float | None = None  # when a poll first saw the changed pair mismatched (monotonic)
         self._next = 0.0
 
     def load_start(self) -> MaskClassifier:
@@ -110,7 +113,7 @@ class ModelWatcher:
     def retarget(self, path: Path, threads: int, poll_every: float) -> None:
         """A reload changed [classifier] model/threads or [service] model_poll: watch the new values."""
         self.path, self.threads, self.poll_every = Path(path), threads, poll_every
-        self._stamp, self._mismatched = FileStamp.of(self.path), 0
+        self._stamp, self._mismatched_since = FileStamp.of(self.path), None
 
     def set_poll(self, every: float) -> None:
         """A reload changed [service] model_poll: the next poll comes no later than `every` from now."""
@@ -125,21 +128,25 @@ class ModelWatcher:
         self._next = now + self.poll_every
         stamp = FileStamp.of(self.path)
         if stamp == self._stamp or not stamp.complete:
-            self._mismatched = 0
+            self._mismatched_since = None
             return None
+        waited = None
         if not pair_matches(self.path):
-            self._mismatched += 1
-            if self._mismatched < MISMATCH_POLLS:
+            if self._mismatched_since is None:
+                self._mismatched_since = now
+                log.info("%s: card and model disagree, perhaps mid-push; waiting up to %g s for the rest", self.path,
+                         MISMATCH_WAIT)
+            waited = now - self._mismatched_since
+            if waited < MISMATCH_WAIT:
                 self.incomplete += 1
-                log.info("%s: card and model disagree, perhaps mid-push; checking again at the next poll", self.path)
                 return None
-        self._mismatched = 0
+        self._mismatched_since = None
         self._stamp = stamp  # refused or swapped, this version is done with
         try:
             return load_model(self.path, self.threads)
         except Exception as exc:  # any failure to load is a refusal, never a crash
             self.record(Kind.FAULT, None, what=Fault.MODEL_REFUSED, model=str(self.path), reason=str(exc),
-                        kept=kept_sha256)
+                        kept=kept_sha256, **({"mismatched_for": round(waited, 1)} if waited is not None else {}))
             return None
 
     def install(self, pipeline: Pipeline, new: MaskClassifier) -> None:

@@ -1,10 +1,16 @@
-"""The service under test: one built from a few config sections, its event log read back, its mock pins checked."""
+"""The service under test: one built from a few config sections, its event log read back, its mock pins checked;
+and `mask-appliance run` as a process, with OpenCV's detector made to fail and its stderr a real terminal."""
 
 from __future__ import annotations
 
 import json
+import os
+import pty
+import select
 import sqlite3
+import subprocess
 import threading
+import time
 from pathlib import Path
 
 from gpiozero import Device
@@ -49,3 +55,70 @@ def run_in_background(service: Service, source: object) -> threading.Thread:
     thread = threading.Thread(target=service.run, args=(source,))
     thread.start()
     return thread
+
+
+# `python -c FAILING_DETECTOR ERROR N ARGS...` is `mask-appliance ARGS` whose OpenCV YuNet raises ERROR (a Python
+# expression) from its N-th detect(), as a broken OpenCV build would. OpenCV's class is wrapped, the appliance is not.
+FAILING_DETECTOR = """
+import sys
+
+import cv2
+
+from appliance.cli import main
+
+error, fail_on, real = eval(sys.argv[1]), int(sys.argv[2]), cv2.FaceDetectorYN
+calls = 0
+
+
+class Net:
+    def __init__(self, net):
+        self.net = net
+
+    def __getattr__(self, name):
+        return getattr(self.net, name)
+
+    def detect(self, image):
+        global calls
+        calls += 1
+        if calls == fail_on:
+            raise error
+        return self.net.detect(image)
+
+
+class FailingYuNet:
+    @staticmethod
+    def create(*args, **kwargs):
+        return Net(real.create(*args, **kwargs))
+
+
+cv2.FaceDetectorYN = FailingYuNet
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+def on_a_terminal(argv: list[str], env: dict[str, str], cwd: Path, timeout: float = 120) -> tuple[int, str]:
+    """Run `argv` with its stderr a real terminal (a pseudo-terminal), stdout discarded: its exit code, and the text
+    the terminal showed (its CR LF line ends made LF)."""
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=slave, env=env,
+                                cwd=cwd)
+    finally:
+        os.close(slave)
+    shown = bytearray()
+    end = time.monotonic() + timeout
+    try:
+        while True:  # read as it comes: a full terminal buffer would block the process
+            if not select.select([master], [], [], max(0.0, end - time.monotonic()))[0]:
+                proc.kill()
+                raise AssertionError(f"{argv[-1]}: still running after {timeout} s")
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # EIO: the process and its children closed the terminal
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        os.close(master)
+    return proc.wait(timeout), shown.decode().replace("\r\n", "\n")
