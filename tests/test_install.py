@@ -399,7 +399,7 @@ def test_installed_code_is_roots_and_writable_by_nobody_else(fake, tmp_path):
 
 def test_a_restored_config_model_and_event_log_are_kept_on_a_new_system(fake):
     """Moving a Pi from Bookworm to Trixie: the state folder and config come back from a backup before the
-    installer runs on the freshly flashed system (README, "From Bookworm to Trixie")."""
+    installer runs on the freshly flashed system (docs/howto/install.md, "From Bookworm to Trixie")."""
     root, run = fake
     state, etc = root / "var/lib/mask-appliance", root / "etc/mask-appliance"
     (state / "models").mkdir(parents=True)
