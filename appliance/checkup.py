@@ -13,7 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 
-from appliance.config import Config
+from appliance import __version__
+from appliance.config import Config, DetectorConfig, ScheduleConfig
 
 RUNTIME = ("numpy", "opencv-python-headless", "ai-edge-litert", "tflite-runtime", "gpiozero")
 
@@ -31,8 +32,9 @@ class Row:
 
 
 def versions() -> str:
-    """Python and the runtime libraries as installed: what a bug report or a Pi check needs first."""
-    found = [f"python {platform.python_version()} {platform.machine()}"]
+    """The appliance's release, Python and the runtime libraries as installed: what a bug report or a Pi check needs
+    first."""
+    found = [f"mask-appliance {__version__}", f"python {platform.python_version()} {platform.machine()}"]
     for dist in RUNTIME:
         with contextlib.suppress(metadata.PackageNotFoundError):
             found.append(f"{dist} {metadata.version(dist)}")
@@ -66,7 +68,22 @@ def check_detector(cfg: Config) -> Row:
     from appliance.seeing.detector import make_detector
 
     make_detector(cfg.detector)
-    return Row(True, "detector", f"{cfg.detector.kind}, detecting at <= {cfg.detector.max_side} px")
+    return Row(True, "detector", f"{cfg.detector.kind}, detecting at <= {cfg.detector.max_side} px, "
+                                 f"{gating(cfg.detector)}")
+
+
+def gating(d: DetectorConfig) -> str:
+    """Whether motion gating is on, in words."""
+    if not d.motion_gating:
+        return "motion gating off (the detector runs on every frame)"
+    return f"motion gating on (the detector runs on frames that moved, else every {d.idle_every:g} s)"
+
+
+def reuse(s: ScheduleConfig) -> str:
+    """Whether per-face scheduling is on, in words."""
+    if not s.reuse or s.every == 1:
+        return "per-face reuse off (every face classified on every frame)"
+    return f"per-face reuse on (a settled face that barely moved is classified once in {s.every} frames)"
 
 
 def check_model(cfg: Config) -> Row:
@@ -76,7 +93,7 @@ def check_model(cfg: Config) -> Row:
     c = model.card
     return Row(True, "model", f"{model.path} sha256 {model.sha256[:12]}, {c.input_size}px {c.input.dtype}, "
                               f"labels {'/'.join(c.labels)}, threshold {c.threshold}, "
-                              f"validation {c.metrics.get('validation', {})}")
+                              f"validation {c.metrics.get('validation', {})}; {reuse(cfg.schedule)}")
 
 
 PROBES: tuple[tuple[str, Callable[[Config], Row]], ...] = (

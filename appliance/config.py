@@ -23,7 +23,8 @@ from appliance.checking import ConfigError, describe_sections, opt, parse_sectio
 
 # Importable from here as ever: the other modules and the tests import these names from appliance.config.
 __all__ = ["DEFAULT_PATH", "ClassifierConfig", "CollectConfig", "Config", "ConfigError", "DetectorConfig",
-           "EventsConfig", "GpioConfig", "HttpConfig", "MqttConfig", "PolicyConfig", "ServiceConfig", "SourceConfig",
+           "EventsConfig", "GpioConfig", "HttpConfig", "MqttConfig", "PolicyConfig", "ScheduleConfig", "ServiceConfig",
+           "SourceConfig",
            "check_files", "describe", "load", "opt", "parse", "validate"]
 
 DEFAULT_PATH = Path("/etc/mask-appliance/config.toml")
@@ -82,6 +83,14 @@ class DetectorConfig:
     expand_side: float = opt(0.10, "box grown left and right by this share of its width", 0, 1)
     expand_top: float = opt(0.20, "box grown upwards by this share of its height (takes in the forehead)", 0, 1)
     expand_bottom: float = opt(0.05, "box grown downwards by this share of its height", 0, 1)
+    motion_gating: bool = opt(True, "the door's frames are detected only when something moved, or every idle_every "
+                              "seconds; in between, the faces last found are carried forward (false: every frame)")
+    idle_every: float = opt(1.0, "with nothing moving, seconds between detector runs, so that someone standing still "
+                            "is still found (a visitor's time to deny grows by at most this)", 0, 60)
+    motion_threshold: float = opt(12.0, "grey levels (0-255) a pixel of the 128 px motion image must change by, "
+                                  "beside the frame's overall brightness, to count as moving", 1, 255)
+    motion_area: float = opt(0.001, "share of the motion image's pixels that must move for a frame to be detected "
+                             "(0.001: 12 pixels of 128x96)", 0.0001, 1)
 
 
 @dataclass
@@ -93,6 +102,20 @@ class ClassifierConfig:
     threads: int = opt(2, "LiteRT threads (4 on a Pi 4 or 5)", 1, 64)
     threshold: float | None = opt(None, "p(without_mask) at which a face is flagged; unset: the model card's", 0.01,
                                   0.99)
+
+
+@dataclass
+class ScheduleConfig:
+    """Which faces the mask model runs on each frame: a settled face that barely moved may keep its last verdict."""
+
+    reuse: bool = opt(True, "a face whose track is settled, whose box barely moved (iou) and whose last p was clear "
+                      "of the threshold (margin) keeps its verdict for up to `every` frames instead of being "
+                      "classified again (false: every face on every frame)")
+    every: int = opt(2, "a face is classified at least once in this many frames (1: on every frame; 2: a settled "
+                     "face that changes is seen at most one frame late)", 1, 100)
+    iou: float = opt(0.9, "IoU with its box on the frame before above which a face counts as not moved", 0.5, 1)
+    margin: float = opt(0.3, "a verdict is kept only when its p(not properly masked) is this far from the "
+                        "threshold or more", 0, 1)
 
 
 @dataclass
@@ -279,6 +302,7 @@ class Config:
     source: SourceConfig = field(default_factory=SourceConfig)
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     gpio: GpioConfig = field(default_factory=GpioConfig)
     events: EventsConfig = field(default_factory=EventsConfig)

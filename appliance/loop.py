@@ -1,4 +1,9 @@
-"""The frame loop: `pipeline.run -> policy.update -> keeper.frame (the door) -> emitter.emit`, once per frame.
+"""The frame loop: `pipeline.step -> policy.update -> keeper.frame (the door) -> emitter.emit`, once per frame.
+
+`pipeline.step` runs the detector only on frames where something moved (and every `[detector] idle_every`
+seconds), carrying the faces last found forward in between, and classifies only the faces that need it (a settled
+face that barely moved keeps its verdict a few frames): the policy, the camera guard, the watchdog and the reporter
+see every frame as before.
 
 Between frames (and during a camera outage, every quarter second while it waits for one) it applies a SIGHUP
 reload, swaps in a newly pushed model, and lets the reporter pet systemd's watchdog: the pets stop only when the
@@ -13,7 +18,7 @@ import time
 from collections.abc import Callable
 
 from appliance.deciding.keeper import DoorKeeper
-from appliance.deciding.policy import Policy
+from appliance.deciding.policy import UNKNOWN, Policy
 from appliance.reporting.collect import Collector
 from appliance.reporting.emitter import Emitter
 from appliance.reporting.reporter import Reporter
@@ -68,16 +73,20 @@ class FrameLoop:
             self.skipped += 1
             log.warning("empty frame %d skipped (%d so far)", frame.index, self.skipped)
             return
-        results = self.pipeline.run(frame)
+        results = self.pipeline.step(frame)
         times = self.pipeline.times  # this frame's, read before anything else can run the pipeline
         ran = time.monotonic()
         self.policy.threshold = self.pipeline.threshold  # a swapped model may bring its own
         decision = self.policy.update(results, frame.t)
+        self.pipeline.settled([track.state != UNKNOWN for track in decision.faces])  # may keep their verdicts
         self.keeper.frame(decision.state, frame.t)
         # A frame without faces classifies nothing and reports classify = 0.0 (not no observation): every stage
         # then counts one observation per frame, so each stage's sum/count is its mean per frame and they add up.
+        # "gated" (1 when the detector was skipped) and "classified" (faces the model ran on) ride along with the
+        # stage times to /metrics' counters (the histograms take only the four stages).
         stages = {"capture": capture, "detect": times.detect, "classify": times.classify,
-                  "decide": time.monotonic() - ran}
+                  "decide": time.monotonic() - ran, "gated": 0.0 if times.detected else 1.0,
+                  "classified": float(times.classified)}
         self.frames += 1
         self.reporter.frame_done()
         self.emitter.emit(frame, results, decision, self.keeper.state, self.pipeline.classifier, stages)

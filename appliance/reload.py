@@ -110,6 +110,7 @@ def apply(svc: Service, cfg: Config) -> None:
         svc.watcher.retarget(new_c.model, new_c.threads, cfg.service.model_poll)
     svc.watcher.set_poll(cfg.service.model_poll)  # a push not yet polled stays pending across the reload
     pipeline.threshold_override = new_c.threshold
+    pipeline.schedule_cfg = cfg.schedule
     svc.policy.cfg = cfg.policy
     svc.policy.threshold = pipeline.threshold
     svc.events.echo = svc.print_decisions or cfg.events.print_decisions

@@ -103,3 +103,20 @@ def test_run_times_detection_and_classification_apart_on_real_photos():
     assert pipeline.run(Frame(nothing, 1.0, 1)) == []
     assert len(classified) == 1  # the model never ran
     assert pipeline.times.classify == 0.0 and pipeline.times.detect > 0
+
+
+def test_step_gives_what_run_gives_and_carries_the_faces_of_an_unchanged_frame_forward():
+    """step() is the door's run(): on the first frame it detects and classifies as run() does; on the same picture
+    again (nothing moved, well within idle_every) it skips the detector and classifies the same faces again."""
+    image = read_bgr(scene_images("without_mask", limit=1)[0])
+    gated = Pipeline.from_config(_cfg())
+    every = Pipeline.from_config(_cfg(detector={"motion_gating": False}), gated.classifier)
+    want = [r.to_json() for r in gated.run(Frame(image, 0.0, 0))]
+    assert want and gated.times.detected and gated.times.classified == len(want)
+    for pipeline in (gated, every):
+        assert [r.to_json() for r in pipeline.step(Frame(image, 10.0, 0))] == want
+        assert pipeline.times.detected
+        assert [r.to_json() for r in pipeline.step(Frame(image.copy(), 10.2, 1))] == want
+        assert pipeline.times.classified == len(want)  # not settled (no policy said so): every face classified
+    assert every.times.detected and not gated.times.detected
+    assert gated.step(Frame(image, 11.2, 2)) and gated.times.detected  # idle_every (1 s) later: looked again

@@ -189,6 +189,9 @@ def test_twenty_sighups_with_an_unchanged_config_keep_the_door_locked_without_a_
     assert [e for e in events(tmp_path, "config")] == []
 
 
+KEPT = "[policy]\ndeny_hold = 5.0\n[gpio]\nbuzzer_cooldown = 30.0\n[schedule]\nevery = 4\n"  # what the reload applies
+
+
 @pytest.mark.usefixtures("restore_signals")
 def test_a_reload_applies_what_it_can_carrying_the_door_and_refuses_restart_keys_by_name(model_dir, tmp_path):
     path = _config_file(model_dir, tmp_path)
@@ -205,20 +208,21 @@ def test_a_reload_applies_what_it_can_carrying_the_door_and_refuses_restart_keys
     def operate():
         wait_for(relay)
         track_ids = {t.id for t in service.policy.tracks}
-        reload("[policy]\ndeny_hold = 5.0\n[gpio]\nbuzzer_cooldown = 30.0\n")
+        reload(KEPT)
         wait_for(lambda: service.cfg.policy.deny_hold == 5.0)
+        assert service.pipeline.schedule_cfg.every == 4  # the per-face schedule takes it at once, too
         assert service.policy is policy and {t.id for t in service.policy.tracks} >= track_ids  # votes carried
         assert service.keeper.door.cfg.buzzer_cooldown == 30.0
         reload('[policy]\ndeny_hold = 5.0\n[gpio]\nbuzzer_cooldown = 30.0\n[mqtt]\nhost = "broker.lan"\n')
         reload('[policy]\ndeny_hold = 5.0\n[gpio]\nbuzzer_cooldown = 30.0\n[source]\nfps = 5.0\n')
-        reload("[policy]\ndeny_hold = 5.0\n[gpio]\nbuzzer_cooldown = 30.0\n", database=tmp_path / "other.db")
+        reload(KEPT, database=tmp_path / "other.db")
         service.stop()
 
     _run_with_signals(service, Scripted(unmasked(), [("frames", 100000)]), operate)
     assert all(during)
     states(RELAY, [False, True, False])
     reloaded = [e for e in events(tmp_path, "config")]
-    assert [e["changed"] for e in reloaded] == [["[policy] deny_hold", "[gpio] buzzer_cooldown"]]
+    assert [e["changed"] for e in reloaded] == [["[schedule] every", "[policy] deny_hold", "[gpio] buzzer_cooldown"]]
     refused = [e["reason"] for e in events(tmp_path, "fault") if e.get("what") == "reload refused"]
     assert len(refused) == 3
     for reason, key in zip(refused, ("[mqtt] host", "[source] fps", "[events] database"), strict=True):

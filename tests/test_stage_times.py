@@ -75,3 +75,23 @@ def test_detect_and_classify_histograms_count_every_frame_with_real_times(model_
     # The zeros of the faceless frames sit in the lowest bucket, with any face frame classified that quickly.
     quick = sum(s["classify"] <= 0.005 for s in with_faces)
     assert _stage(metrics, "bucket", "classify", le="0.005") == STILL + quick
+
+
+def test_frames_whose_detector_motion_gating_skipped_are_counted_and_still_timed(model_dir, tmp_path):
+    """Still photos shown three frames each: the first frame of each photo is detected, its two repeats are not (the
+    picture did not change); /metrics counts them, and their detect stage (the motion gate's look) is still observed."""
+    photos = [*scene_images("without_mask", limit=2), *scene_images("with_mask", limit=1)]
+    service = make_service(model_dir, tmp_path)
+    metrics, frames = Metrics(), Frames()
+    service.events.subscribe(metrics)
+    service.events.subscribe(frames)
+    assert service.run(ImageSource(photos, still_frames=3)) == 0
+
+    assert [f["stages"]["gated"] for f in frames.seen] == [0.0, 1.0, 1.0] * 3
+    samples = {s.name: s.value for fam in text_string_to_metric_families(metrics.render().decode())
+               for s in fam.samples}
+    assert samples["mask_appliance_gated_frames_total"] == 6
+    assert samples["mask_appliance_classified_faces_total"] == sum(f["stages"]["classified"] for f in frames.seen)
+    assert all(f["stages"]["detect"] > 0 for f in frames.seen)  # the gate's look is the detect stage's time too
+    # Every frame still hands its faces on: the repeats carry the photo's faces forward.
+    assert all(f["faces"] == frames.seen[i - i % 3]["faces"] > 0 for i, f in enumerate(frames.seen))

@@ -15,6 +15,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 
+from appliance import __version__
 from appliance.vocab import Decision, Door, Fault, Kind, Label, Recovery
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,13 @@ class Metrics:
         r = self.registry
         self.frames = Counter(f"{PREFIX}_frames", "Frames run through the pipeline", registry=r)
         self.skipped = Counter(f"{PREFIX}_skipped_frames", "Empty frames from the source, skipped", registry=r)
+        self.gated = Counter(f"{PREFIX}_gated_frames", "Frames on which motion gating skipped the face detector "
+                             "(nothing moved: the faces last found were carried forward)", registry=r)
+        self.classified = Counter(f"{PREFIX}_classified_faces", "Faces the mask model ran on (per frame: its rate "
+                                  "over frames_total's)", registry=r)
+        self.build_info = Gauge(f"{PREFIX}_build_info", "The appliance's release (value 1)", ["version"],
+                                registry=r)
+        self.build_info.labels(__version__).set(1)
         self.faces = Counter(f"{PREFIX}_faces", "Faces classified, by label", ["label"], registry=r)
         self.decisions = Counter(f"{PREFIX}_decisions", "Decisions taken (changes of the door decision), by kind",
                                  ["decision"], registry=r)
@@ -132,9 +140,16 @@ class Metrics:
         with self._lock:
             self._frames_seen += 1
             self._count_frames(self._frames_seen)
-        for stage, seconds in (frame.get("stages") or {}).items():
+        stages = frame.get("stages") or {}
+        for stage, seconds in stages.items():
             if stage in STAGES and isinstance(seconds, int | float):
                 self.stage.labels(stage).observe(seconds)
+        # The loop's per-frame counts ride with the stage times (loop.py): 1 when gating skipped the detector, and
+        # the faces classified.
+        for counter, key in ((self.gated, "gated"), (self.classified, "classified")):
+            n = stages.get(key)
+            if isinstance(n, int | float) and not isinstance(n, bool) and n > 0:
+                counter.inc(n)
         for label, n in (frame.get("faces") or {}).items():
             if label in LABELS and n:
                 self.faces.labels(label).inc(n)

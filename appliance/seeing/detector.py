@@ -26,7 +26,10 @@ class Face:
 
 
 class FaceDetector(Protocol):
-    """What a detector plugin gives: the faces of a BGR frame."""
+    """What a detector plugin gives: the faces of a BGR frame; `cfg` is the [detector] section it was built from
+    (the pipeline's motion gate reads its settings there, so a reload that rebuilds the detector changes them too)."""
+
+    cfg: DetectorConfig
 
     def detect(self, frame_bgr: np.ndarray) -> list[Face]: ...
 
