@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 import numpy as np
-from support.data import REPO, SCENES, SHIPPED
+from support.data import REPO, SCENES, SHIPPED, scene_images
 
 from appliance.seeing.classifier import MaskClassifier
 from training.evaluate import label_crops, read_scene_labels
@@ -42,12 +42,27 @@ def test_detector_sweep_scores_each_setting_on_a_labelled_part(tmp_path):
 
 
 def test_compare_runs_our_pipeline_with_the_appliances_labels():
+    """run_ours re-implements the pipeline to time its stages one by one: on real photos it must find exactly the
+    faces the appliance's own Pipeline finds, with the same p(not properly masked) and so the same labels."""
     import compare
 
-    files = sorted((SCENES / "images").iterdir())[:3]
+    from appliance import config
+    from appliance.seeing.imaging import read_bgr
+    from appliance.seeing.pipeline import Pipeline
+    from appliance.seeing.sources import Frame
+
+    files = scene_images("with_mask", limit=1) + scene_images("without_mask", limit=2)
     result = compare.run_ours(files, threads=1)
-    model = MaskClassifier(SHIPPED)
-    assert result["threshold"] == model.threshold and result["faces"] == sum(map(len, result["detections"].values()))
-    assert all(len(result["times"][stage]) == 3 for stage in compare.STAGES)
-    for found in result["detections"].values():
-        assert all(0 <= p <= 1 for _, p in found)
+    pipeline = Pipeline.from_config(config.parse({}, "<defaults>"))
+    assert result["threshold"] == pipeline.threshold
+    labels = []
+    for i, path in enumerate(files):
+        appliance = pipeline.run(Frame(read_bgr(path), 0.0, i))
+        assert appliance, f"{path.name}: the appliance finds no face (pick another photo)"
+        ours = result["detections"][str(path)]
+        assert [box for box, _ in ours] == [r.face.box for r in appliance], path.name
+        np.testing.assert_allclose([p for _, p in ours], [r.p_without_mask for r in appliance], atol=1e-6)
+        labels += [r.label for r in appliance]
+    assert all(len(result["times"][stage]) == len(files) for stage in compare.STAGES)
+    # both sides of the threshold were compared: masked visitors and unmasked ones
+    assert {"with_mask", "without_mask"} <= set(labels) and result["faces"] == len(labels)

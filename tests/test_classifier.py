@@ -40,12 +40,27 @@ def test_the_shipped_model_tells_masked_from_unmasked_faces_on_real_scenes():
 
 
 def test_all_faces_of_a_frame_are_classified_in_one_call():
+    """One call for a frame's faces gives each face what classifying it alone gives: no face's crop or output is
+    mixed with another's, whatever their order (real faces of one photo, masked and not, and a box off the edge)."""
+    import csv
+
     model = MaskClassifier(SHIPPED)
-    image = read_bgr(scene_images("with_mask", limit=1)[0])
-    boxes = [(10, 10, 60, 60), (100, 100, 180, 200), (0, 0, 5, 5)]
+    with open(SCENES / "labels.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["image_path"] == "images/scene_0002.jpg"]
+    assert {r["label"] for r in rows} == {"with_mask", "without_mask"}
+    image = read_bgr(SCENES / rows[0]["image_path"])
+    boxes = [tuple(float(r[k]) for k in ("x1", "y1", "x2", "y2")) for r in rows] + [(-20, -20, 30, 30)]
     crops = crop_faces(image, boxes, model.card.crop, model.input_size)
-    assert crops.shape == (3, model.input_size, model.input_size, 3)
-    assert model.classify(image, boxes).shape == (3,)
+    assert crops.shape == (len(boxes), model.input_size, model.input_size, 3)
+    alone = np.array([model.classify_all(image, [box])[0] for box in boxes])
+    together = model.classify_all(image, boxes)
+    np.testing.assert_allclose(together, alone, atol=1e-6)
+    for i, box in enumerate(boxes):
+        np.testing.assert_array_equal(crops[i], crop_faces(image, [box], model.card.crop, model.input_size)[0])
+    p = model.classify(image, boxes)
+    np.testing.assert_allclose(p, model.not_masked(alone), atol=1e-6)
+    assert p.min() < model.threshold <= p.max()  # faces on both sides of the threshold, each kept apart
+    np.testing.assert_allclose(model.classify(image, boxes[::-1]), p[::-1], atol=1e-6)
     assert model.classify(image, []).shape == (0,)
 
 

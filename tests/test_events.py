@@ -9,10 +9,10 @@ import os
 import sqlite3
 import subprocess
 import threading
-import time
 from pathlib import Path
 
 import pytest
+from support.wait import wait_for
 
 from appliance.reporting import events as events_mod
 from appliance.reporting.events import EventLog, StorageError
@@ -92,11 +92,13 @@ def test_another_process_holding_the_write_lock_never_stalls_the_caller_and_lose
             log.record("decision", "deny" if i % 2 else "idle", frame=i)
         returned.set()
 
-    threading.Thread(target=loop).start()
-    assert returned.wait(1.0), "record() waited for the database"
-    time.sleep(events_mod.BUSY_TIMEOUT + 0.5)  # the writer has met the lock at least once
-    assert log.health()["pending"] >= 49 and log.failures["database"] >= 1
-    assert len(rows(db)) == 1
+    threading.Thread(target=loop, daemon=True).start()
+    # No clock decides it: the lock is held until this test lets go, so a record() that waited for the database
+    # would never return (30 s: a hang detector, not a speed limit; 50 records take a millisecond).
+    assert returned.wait(30), "record() waited for the database"
+    wait_for(lambda: log.failures["database"] >= 1, what="the writer to meet the lock")
+    # All fifty returned while storage was locked: none is stored, all but the one the writer retries wait.
+    assert log.health()["pending"] >= 49 and len(rows(db)) == 1
     holder.execute("ROLLBACK")
     holder.close()
     assert log.flush(10)
@@ -125,10 +127,7 @@ def test_a_full_disk_queues_records_until_space_returns(tmp_path, fast_retry, mo
     for i in range(200):
         log.record("decision", "deny", frame=i, padding="x" * 200)
     log.status({"door": "locked"})
-    deadline = time.monotonic() + 10
-    while not log.failures["database"] and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert log.failures["database"] >= 1
+    wait_for(lambda: log.failures["database"] >= 1, what="the writer to meet the full disk")
     before = len(rows(state / "events.db"))
     assert before < 201
     filler.unlink()
@@ -170,9 +169,7 @@ def test_a_state_folder_turned_read_only_while_running_keeps_everything_for_late
     for i in range(20):
         log.record("decision", "allow", frame=i)
     log.status({"door": "released"})
-    deadline = time.monotonic() + 10
-    while not log.failures["status file"] and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for(lambda: log.failures["status file"] >= 1, what="the writer to meet the read-only folder")
     # The database was open before: its descriptor still writes. status.json is a new file each time: refused.
     assert log.failures["status file"] >= 1 and log.health()["failing"] == ["status file"]
     assert not (state / "status.json").exists()

@@ -4,8 +4,10 @@ appliance makes of its model: labels, p(not properly masked), p_incorrect_mask, 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -63,17 +65,30 @@ def test_card_records_three_classes_each_source_and_the_chosen_threshold(trained
         rows = list(csv.DictReader(f))
     assert sum(scenes["counts"].values()) == len(rows)
     assert scenes["counts"]["incorrect_mask"] == sum(r["label"] == "incorrect_mask" for r in rows) > 0
-    assert len(scenes["sha256"]) == 64 and len(by_kind["crops"]["sha256"]) == 64
-    # one hash names the whole combination of sources
-    assert len(card.training["data_sha256"]) == 64
-    assert card.training["data_sha256"] not in (scenes["sha256"], by_kind["crops"]["sha256"])
+    # Each source's sha256, recomputed from the files by training's recipes (training/data.py): the crops, class by
+    # class in name order, as class name, NUL and bytes; the scenes, as the labels file's bytes, then every photo
+    # it names, in name order.
+    crops = hashlib.sha256()
+    for label in ("with_mask", "without_mask"):
+        for path in sorted((sources[0] / label).iterdir()):
+            crops.update(f"{label}\0".encode() + path.read_bytes())
+    assert by_kind["crops"]["sha256"] == crops.hexdigest()
+    photos = hashlib.sha256(sources[1].read_bytes())
+    for photo in sorted({r["image_path"] for r in rows}):
+        photos.update(Path(photo).read_bytes())
+    assert scenes["sha256"] == photos.hexdigest()
+    # one hash names the whole combination of sources: each one's name and sha256, in the card's order
+    combined = "".join(f"{s['name']}\0{s['sha256']}\n" for s in card.training["sources"])
+    assert card.training["data_sha256"] == hashlib.sha256(combined.encode()).hexdigest()
+    assert [s["kind"] for s in card.training["sources"]] == ["crops", "scenes", "made"]
     choice = card.metrics["threshold_choice"]
     assert card.threshold == choice["threshold"] and "TNR >= 0.97" in choice["rule"]
     assert choice["source"].endswith("validation part")
     assert set(card.metrics["validation_by_source"]) == {"crops", sources[1].parent.name}  # made: training only
     made = by_kind["made"]
     assert made["train_counts"] == {"with_mask": 0, "without_mask": 0, "incorrect_mask": 10}
-    assert sum(made["validation_counts"].values()) == 0 and len(made["sha256"]) == 64
+    assert sum(made["validation_counts"].values()) == 0
+    assert made["sha256"] not in (scenes["sha256"], by_kind["crops"]["sha256"]) and len(made["sha256"]) == 64
     assert card.training["train_counts"]["incorrect_mask"] == scenes["train_counts"]["incorrect_mask"] + 10
     tables = json.loads((out / "thresholds.json").read_text())
     assert all(len(t) == 9 for t in tables.values())

@@ -155,6 +155,15 @@ def make(broker_port: int, tmp_path: Path, **kw) -> tuple[mqtt.MqttOutput, Event
     return out, log
 
 
+def settle(log: EventLog, sub: Subscriber, frames: int) -> None:
+    """A status naming `frames`, then its state seen by `sub`. The output publishes from one thread, in order, and
+    the broker forwards one client's messages in order: whatever the output sent before that state has reached
+    `sub` by then, so "nothing more came" is sure without waiting for a while."""
+    log.status({**STATUS, "frames": frames})
+    wait_for(lambda: (sub.newest("mask-appliance/door-1/state") or {}).get("frames") == frames,
+             what=f"the state of frame {frames}")
+
+
 def event_ids(db: Path, kinds=mqtt.EVENT_KINDS) -> list[int]:
     q = f"SELECT id FROM events WHERE kind IN ({','.join('?' * len(kinds))}) ORDER BY id"
     return [i for (i,) in sqlite3.connect(db).execute(q, kinds)]
@@ -178,9 +187,7 @@ def test_off_by_default_and_config_checks(tmp_path):
 def test_the_section_validates_like_every_other(tmp_path):
     """[mqtt] goes through config.py's own checks: types, bounds, one line naming file, key and value."""
     def section(table):
-        if WIRED:
-            return config.parse({"mqtt": table}, "cfg.toml").mqtt
-        return config._section("cfg.toml", "mqtt", mqtt.MqttConfig, table)
+        return config.parse({"mqtt": table}, "cfg.toml").mqtt
 
     assert section({"host": "broker.lan", "port": 8883}).port == 8883
     with pytest.raises(ConfigError, match=r"^cfg.toml: \[mqtt\] port = 70000 is outside 1..65535$"):
@@ -239,9 +246,11 @@ def test_the_state_payload_follows_records_and_status():
     state.on_record({"id": 23, "kind": Kind.RECOVERY, "state": None, "detail": {"what": Recovery.FRAMES_BACK}})
     assert state.payload()["door"] == "locked"
     state.on_status({**STATUS, "door": "released", "decision": "idle", "camera_lost": True, "fps": 9.5})
+    before = time.time()
     p = state.payload()
+    after = time.time()
     assert (p["door"], p["decision"], p["camera_up"], p["fps"], p["frames"]) == ("released", "idle", False, 9.5, 10)
-    assert json.loads(json.dumps(p)) == p and abs(p["time"] - time.time()) < 5
+    assert json.loads(json.dumps(p)) == p and before - 0.0005 <= p["time"] <= after + 0.0005  # now, to the ms
 
 
 def test_event_kinds_and_the_event_payload():
@@ -269,7 +278,7 @@ def test_recoveries_and_config_reloads_are_events(broker, tmp_path):
         record("fault", None, what="frames back")
         record("model", None, what="config reloaded", sha256="cd" * 32)
         wait_for(lambda: len(sub.events()) >= 7, what="seven events")
-        time.sleep(0.5)  # nothing more may come
+        settle(log, sub, 77)  # nothing more may come
         events = sub.events()
         assert [e["id"] for e in events] == event_ids(log.path)
         assert [(e["kind"], e["detail"]["what"]) for e in events] == [
@@ -299,7 +308,7 @@ def test_discovery_availability_state_and_one_event_per_decision(broker, tmp_pat
         record("model", None, what="model swapped", sha256="cd" * 32, previous="ab" * 32)
         record("decision", "idle", masked=0, unmasked=0, incorrect=0, door="released")
         wait_for(lambda: len(sub.events()) >= 5, what="five events")
-        time.sleep(0.5)  # nothing more may come
+        settle(log, sub, 77)  # nothing more may come
 
         # One event per decision, fault and model swap, with the log's own ids, in order; never the start record.
         events = sub.events()
@@ -374,9 +383,17 @@ def test_the_readme_way_to_remove_the_entities(broker, tmp_path):
     for topic in ("homeassistant/+/mask-appliance-door-1/+/config", "mask-appliance/door-1/#"):
         subprocess.run(["mosquitto_sub", "-h", "127.0.0.1", "-p", str(broker.port), "-t", topic, "--retained-only",
                         "--remove-retained", "-W", "2"], capture_output=True, timeout=10)
-    late = Subscriber(broker.port, client_id="late")
-    time.sleep(1.0)
-    assert [t for t, _, r in late.messages if r] == []  # Home Assistant would find nothing to rebuild them from
+    # A marker retained on a topic of its own, subscribed last: retained messages come in the order of the
+    # subscriptions, so once the marker is in, anything retained under the door's topics would be in too.
+    marker = paho.Client(CallbackAPIVersion.VERSION2, client_id="marker")
+    marker.connect("127.0.0.1", broker.port)
+    marker.loop_start()
+    marker.publish("test/marker", "here", qos=1, retain=True).wait_for_publish(5)
+    marker.disconnect()
+    marker.loop_stop()
+    late = Subscriber(broker.port, topics=("homeassistant/#", "mask-appliance/#", "test/marker"), client_id="late")
+    wait_for(lambda: late.on("test/marker"), what="the retained marker")
+    assert [t for t, _, r in late.messages if r] == ["test/marker"]  # Home Assistant would find nothing to rebuild
     late.close()
 
 
@@ -477,11 +494,12 @@ def test_a_long_outage_sends_only_the_newest_backlog(tmp_path, caplog):
     try:
         for i in range(30):
             record("decision", "deny" if i % 2 else "allow", masked=0, unmasked=0, incorrect=0, door="released")
+        log.status({**STATUS, "frames": 30})  # its state goes out after the backlog, on (re)connection
         assert log.flush()
         b.start()
         sub = Subscriber(b.port)
         wait_for(lambda: len(sub.events()) >= 10, timeout=20, what="the backlog")
-        time.sleep(0.5)
+        settle(log, sub, 31)  # nothing more may come
         assert [e["id"] for e in sub.events()] == event_ids(log.path)[-10:]  # the newest ten, oldest first
         assert any("are not sent (more than backlog = 10)" in r.getMessage() for r in caplog.records)
         sub.close()
@@ -530,7 +548,10 @@ def test_the_example_acl_lets_a_door_write_only_its_own_topics(tmp_path):
             subprocess.run(["mosquitto_sub", "-h", "127.0.0.1", "-p", str(b.port), "-u", "door-1", "-P", "pw1",
                             "-t", topic, "--retained-only", "--remove-retained", "-W", "2"], capture_output=True,
                            timeout=10)
-        late = Subscriber(b.port, client_id="ha-late", user=("homeassistant", "pwha"))
+        # door-2's retained state, subscribed last, is the marker: the retained messages of the earlier
+        # subscriptions came before it
+        late = Subscriber(b.port, topics=("homeassistant/#", "mask-appliance/door-1/#", "mask-appliance/door-2/#"),
+                          client_id="ha-late", user=("homeassistant", "pwha"))
         wait_for(lambda: late.on("mask-appliance/door-2/state"), what="door-2's retained state, which stays")
         assert [t for t, _, r in late.messages if r and "door-1" in t] == []
         late.close()
@@ -580,7 +601,11 @@ def test_wrong_password_is_a_logged_fault_not_a_crash(tmp_path, caplog):
             reason = json.loads(rows[0][0])["reason"]
             assert "refused" in reason and "authori" in reason.lower()
             record("decision", "deny", masked=0, unmasked=1, incorrect=0, door="locked")  # still fine
-            time.sleep(2.5)  # paho retries with back-off; the fault is recorded once, not once per try
+            # paho retries with back-off (1 s, 2 s, ...): once the broker has refused three tries, the output has
+            # seen at least two refused before it tried again. The fault is recorded once, not once per try.
+            wait_for(lambda: (b.folder / "mosquitto.log").read_text().count("not authorised") >= 3, timeout=30,
+                     what="three refused tries")
+            assert log.flush()
             assert len(sqlite3.connect(log.path).execute("SELECT id FROM events WHERE kind = 'fault'").fetchall()) == 1
             out.close()
             log.close()
@@ -612,11 +637,12 @@ def test_last_will_says_offline_when_the_appliance_dies(broker, tmp_path):
         sub.close()
 
 
-# -- the service end to end (needs the lead's wiring: [mqtt] in Config, the output subscribed to the event log) --
-WIRED = "mqtt" in {f.name for f in dataclasses.fields(config.Config)}
+# -- the service end to end: [mqtt] in Config, the output subscribed to the service's event log ------------------
+def test_mqtt_is_a_section_of_the_config():
+    assert "mqtt" in {f.name for f in dataclasses.fields(config.Config)}
+    assert config.parse({}, "<defaults>").mqtt == mqtt.MqttConfig()  # off unless a host is given
 
 
-@pytest.mark.skipif(not WIRED, reason="[mqtt] is not wired into Config and the service yet")
 def test_the_service_publishes_while_the_broker_comes_and_goes(model_dir, tmp_path, broker):
 
     from appliance.service import Service
