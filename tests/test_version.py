@@ -1,5 +1,6 @@
-"""The release a user can see: on the status page (its /view.json and the page in a real headless Chromium) and in
-the Home Assistant device the MQTT output announces. `--version` of the three commands is in test_cli.py."""
+"""The release a user can see: on the status page (its /view.json; the page's foot, in real headless Chromium, is
+checked by test_web.py's browser test) and in the Home Assistant device the MQTT output announces. `--version` of
+the three commands is in test_cli.py."""
 
 from __future__ import annotations
 
@@ -10,8 +11,6 @@ import shutil
 import time
 import tomllib
 from pathlib import Path
-
-import pytest
 
 from appliance import __version__, config
 from appliance.reporting import web
@@ -45,32 +44,6 @@ def test_the_status_page_is_told_the_release(tmp_path):
     assert server is not None
     try:
         assert view_json(server)["version"] == __version__
-    finally:
-        log.close()
-        server.close()
-
-
-@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed (scripts/test does)")
-def test_the_page_shows_the_release_at_its_foot(tmp_path):
-    from playwright.sync_api import expect, sync_playwright
-
-    log = EventLog(tmp_path / "events.db")
-    server = web.from_config(web.HttpConfig(listen="127.0.0.1:0"), log)
-    assert server is not None
-    log.subscribe(server)
-    log.status(STATUS)
-    assert log.flush()
-    try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"], headless=True)
-            page = browser.new_page()
-            errors: list[str] = []
-            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            page.goto(server.url + "/")
-            expect(page.locator("#version")).to_have_text(__version__, timeout=5000)
-            assert page.locator("footer").inner_text() == f"mask-appliance {__version__}"
-            assert not errors, errors  # the CSP still lets the page's own script run
-            browser.close()
     finally:
         log.close()
         server.close()

@@ -22,7 +22,7 @@ from support.data import scene_images
 from support.sources import PacedScenes
 from support.wait import wait_for
 
-from appliance import config
+from appliance import __version__, config
 from appliance.config import ConfigError
 from appliance.reporting import web, web_http, web_page
 from appliance.reporting.events import EventLog
@@ -295,6 +295,7 @@ def test_page_in_chromium_follows_the_door_without_reload(tmp_path):
             assert page.locator("#allowed").inner_text() == "3" and page.locator("#denied").inner_text() == "1"
             assert page.locator("#recent tr").count() == 8
             assert page.locator("#fps").inner_text() == "14.6"
+            assert page.locator("footer").inner_text() == f"mask-appliance {__version__}"  # the release it runs
             page.evaluate("window.sameDocument = true")  # gone if the page reloads
             green = door.evaluate("e => getComputedStyle(e).backgroundColor")
 
