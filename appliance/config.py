@@ -131,8 +131,8 @@ class PolicyConfig:
     min_size: float = opt(32.0, "faces smaller than this (shorter side, in the pixels faces are cropped from) cast "
                           "no vote: the model cannot tell masks apart on them", 0, 4096)
     full_size: float = opt(64.0, "a face's vote weighs its size / full_size, up to 1 from this size on", 1, 4096)
-    unsure: float = opt(0.7, "how sure the model must be for a frame to vote at all: 0 at the threshold, 1 at p = 0 "
-                        "or 1 (0.7: p above 0.85 or below 0.15 with a threshold of 0.5)", 0, 0.99)
+    unsure: float = opt(0.5, "how sure the model must be for a frame to vote at all: 0 at the threshold, 1 at p = 0 "
+                        "or 1 (0.5: p above 0.75 or below 0.25 with a threshold of 0.5)", 0, 0.99)
     sure: float = opt(0.95, "how sure the model must be for a frame's vote to weigh fully (same scale)", 0.01, 1)
     deny_evidence: float = opt(2.5, "weighted votes that settle a face as unmasked (a clear, large face gives 1 a "
                                "frame)", 0.1, 100)
@@ -142,6 +142,13 @@ class PolicyConfig:
     judge_average: bool = opt(True, "a face seen at allow_size or larger is also judged on its average p(not "
                                "properly masked) there, at the threshold: at or above it the face is denied and never "
                                "allowed (masks just under the nose waver around the threshold); false: votes alone")
+    unsettled: Literal["wait", "deny"] = opt(
+        "deny", "a face seen at allow_size or larger for unsettled_after seconds that has settled neither way: deny "
+        "it (lock-on-unmasked then locks for it), or wait for the votes (the door stays as it was: released in "
+        "lock-on-unmasked, locked in unlock-on-masked)")
+    unsettled_after: float = opt(1.33, "seconds from a face's first frame at allow_size or larger after which "
+                                 "unsettled = deny denies it while it is still unsettled (1.33: the 20 frames the "
+                                 "average is taken over, at 15 fps)", 0, 600)
     track_iou: float = opt(0.3, "IoU with which a face in a new frame continues a track", 0.05, 0.95)
     track_timeout: float = opt(1.0, "seconds a face may go unseen before its track ends", 0.05, 60)
     deny_hold: float = opt(3.0, "seconds the door stays denied after the last unmasked face has gone", 0, 600)

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 
 from appliance.deciding.keeper import DoorKeeper
-from appliance.deciding.policy import UNKNOWN, Policy
+from appliance.deciding.policy import Policy
 from appliance.reporting.collect import Collector
 from appliance.reporting.emitter import Emitter
 from appliance.reporting.reporter import Reporter
@@ -78,7 +78,7 @@ class FrameLoop:
         ran = time.monotonic()
         self.policy.threshold = self.pipeline.threshold  # a swapped model may bring its own
         decision = self.policy.update(results, frame.t)
-        self.pipeline.settled([track.state != UNKNOWN for track in decision.faces])  # may keep their verdicts
+        self.pipeline.settled([track.settled for track in decision.faces])  # may keep their verdicts (not UNSETTLED)
         self.keeper.frame(decision.state, frame.t)
         # A frame without faces classifies nothing and reports classify = 0.0 (not no observation): every stage
         # then counts one observation per frame, so each stage's sum/count is its mean per frame and they add up.

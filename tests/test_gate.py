@@ -11,15 +11,19 @@ import csv
 import json
 import re
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from support.data import SHARED, SHIPPED
 from support.labelling import make_door
 
+from appliance import config
+from appliance.config import PolicyConfig
+from appliance.deciding.policy import Policy
 from appliance.seeing.classifier import load_model
 from deploy.push import gate_problem
-from training import gate, label
+from training import gate, label, visits
 
 ILC = SHARED / "datasets" / "scenes-ilc"
 
@@ -177,7 +181,7 @@ def test_bad_input_is_one_line(tmp_path, parts):
 
 def test_visit_verdict_names_each_door_figure_worse_by_more_than_the_tolerance():
     old = {"unmasked": 20, "unmasked_denied": 20, "masked": 10, "masked_denied": 0, "incorrect": 6,
-           "incorrect_denied": 5, "not_masked_allowed": 0}
+           "incorrect_denied": 5, "not_masked_allowed": 0, "visits": 36, "undecided": 1}
     assert gate.visit_verdict("s", dict(old, unmasked_denied=19, masked_denied=1), old, 1) == []
     reasons = gate.visit_verdict("s", dict(old, unmasked_denied=18, masked_denied=2, incorrect_denied=6,
                                            not_masked_allowed=2), old, 1)
@@ -185,19 +189,36 @@ def test_visit_verdict_names_each_door_figure_worse_by_more_than_the_tolerance()
                        "masked denied on s visits 2/10 against 0/10 (more than 1 visit worse)",
                        "not masked allowed on s visits 2 against 0 (more than 1 visit worse)"]
     assert gate.visit_verdict("s", dict(old, masked_denied=3), old, 3) == []  # within a looser tolerance
+    # A model that leaves more visitors without any decision (the door never judges them) is refused too.
+    assert gate.visit_verdict("s", dict(old, undecided=2), old, 1) == []
+    assert gate.visit_verdict("s", dict(old, undecided=3), old, 1) == [
+        "undecided on s visits 3/36 against 1/36 (more than 1 visit worse)"]
 
 
 def test_a_model_less_sure_of_itself_lets_masks_under_the_nose_through_and_the_door_visits_refuse_it(tmp_path, parts):
-    """The shipped model under a 0.99 threshold: hardly a frame is sure enough to vote. The average of a near face
-    still denies the unmasked visitors (their p is 1.0 in most frames), but masks worn under the nose, whose p wavers
-    around 0.5, go through; a crop-level gate sees none of this."""
+    """The shipped model under a 0.99 threshold: hardly a frame is sure enough to vote. Under a policy that waits for
+    a face to settle (`unsettled = "wait"`), the average of a near face still denies the unmasked visitors (their p is
+    1.0 in most frames), but masks worn under the nose, whose p wavers around 0.5, go through; a crop-level gate sees
+    none of this, the door visits refuse it. Under the default (`unsettled = "deny"`) the door denies the faces it
+    cannot settle, so the same model lets no more of them through: the door leans less on the model's calibration."""
     door, shared = parts
     old, new = load_model(variant(tmp_path, SHIPPED_THRESHOLD), 1), load_model(variant(tmp_path, 0.99), 1)
-    before, after = gate.door_figures([old, new], shared, 4)  # one pass: both judge the same detected faces
+    cfg = config.load(None)
+    runs = visits.door_runs(cfg, [old, new], shared, "val", 4, 4 // 3, gate.VISIT_SEED)  # both judge the same faces
+
+    def figures(run: visits.DoorRun, policy: PolicyConfig) -> dict[str, int]:
+        outcomes = [visits.judge(v, run.frames[v.id], Policy(policy, run.threshold)) for v in run.visits]
+        return visits.door_counts(visits.summarise(outcomes))
+
+    waits = replace(cfg.policy, unsettled="wait")
+    before, after = (figures(run, waits) for run in runs)
     assert before["unmasked"] == after["unmasked"] >= 4 and before["incorrect"] == after["incorrect"] >= 4
     assert after["unmasked_denied"] == before["unmasked_denied"] >= before["unmasked"] - 1
     assert before["incorrect_denied"] >= before["incorrect"] - 1  # the shipped model denies them
     assert after["incorrect_denied"] < before["incorrect_denied"] - 1
     reasons = gate.visit_verdict("s", after, before, gate.VISIT_TOLERANCE)
-    assert reasons == [f"incorrect denied on s visits {after['incorrect_denied']}/{after['incorrect']} against "
-                       f"{before['incorrect_denied']}/{before['incorrect']} (more than 1 visit worse)"]
+    assert f"incorrect denied on s visits {after['incorrect_denied']}/{after['incorrect']} against " \
+           f"{before['incorrect_denied']}/{before['incorrect']} (more than 1 visit worse)" in reasons
+    denies = [figures(run, cfg.policy) for run in runs]
+    assert denies[1]["incorrect_denied"] >= denies[0]["incorrect_denied"] - 1 >= before["incorrect_denied"] - 1
+    assert denies[1]["unmasked_denied"] == denies[0]["unmasked_denied"] == before["unmasked_denied"]

@@ -78,9 +78,12 @@ def test_one_pass_gives_each_model_exactly_what_door_visits_gives_it_alone(model
     assert len(faces) > n_frames // 2
     assert all(a.box == b.box and a.p_without_mask == b.p_without_mask for a, b in faces)
     assert any(a.label != b.label for a, b in faces)
-    # Still figures when asked for: door_visits' own.
+    # Still figures when asked for: door_visits' own, each face the visits use once on its photo. A pair may reuse a
+    # one-person visit's face (12 visitors, 11 faces since scenes-ilc's labels were corrected): counted once.
     with_still = visits.door_runs(cfg, models[:1], ILC, "val", 2, 1, 17, SHORT, still=True)[0]
-    assert with_still.still == alone[0].still and sum(s["faces"] for s in with_still.still.values()) == 12
+    used = {(f.image, f.box) for v in shared[0].visits for f in v.faces}
+    assert 10 <= len(used) <= 12
+    assert with_still.still == alone[0].still and sum(s["faces"] for s in with_still.still.values()) == len(used)
 
 
 def test_the_gate_judges_both_models_on_one_detection_pass(models, looks):

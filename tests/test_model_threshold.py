@@ -1,15 +1,22 @@
-"""Three-class door rates and the door's threshold rule, on cases worked out by hand."""
+"""Three-class door rates and the door's threshold rule, on cases worked out by hand, and the rule run again on the
+shipped model."""
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
+from support.data import SHARED, SHIPPED
 
-from appliance.seeing.card import LABELS
+from appliance.seeing.card import LABELS, Crop
+from appliance.seeing.classifier import load_model
 from appliance.seeing.pipeline import label_of
 from training import report
+from training.data import load_scene_crops
+from training.evaluate import labelled_box_scores, read_scene_labels
+from training.splits import split_scenes
 
 W, U, INC = (LABELS.index(n) for n in ("with_mask", "without_mask", "incorrect_mask"))
 
@@ -55,3 +62,17 @@ def test_a_face_above_the_threshold_takes_the_likelier_unmasked_class():
     assert label_of(np.array([0.3, 0.5, 0.2]), three, 0.7, 0.5) == "without_mask"
     assert label_of(np.array([0.4, 0.6]), LABELS[:2], 0.6, 0.5) == "without_mask"
     assert label_of(np.array([0.6, 0.4]), LABELS[:2], 0.4, 0.5) == "with_mask"
+
+
+def test_evaluate_reruns_the_training_runs_threshold_rule_on_the_shipped_model_without_training():
+    """`mask-train evaluate --scenes` prints the threshold train.py's rule would choose on the labelled boxes it
+    scores: the same faces (cut by the card's crop, as load_scene_crops cuts them for training) and the same rule, so a
+    shipped model's threshold can be checked again when a set's labels are corrected."""
+    ilc = SHARED / "datasets" / "scenes-ilc" / "labels.csv"
+    photos = split_scenes(ilc)[1][:40]  # 40 photos of the validation part: the rule's own result, quickly
+    model = load_model(SHIPPED, 2)
+    labels = {k: v for k, v in read_scene_labels(ilc).items() if k in set(photos)}
+    scored = labelled_box_scores(model, labels, model.threshold)["threshold_choice"]
+    crops = load_scene_crops(Path(ilc), photos, model.input_size, Crop(margin=model.card.crop.margin))
+    trained = report.choose_threshold(model.predict(crops.images), crops.labels)
+    assert scored == trained and scored["n"] == len(crops.labels) > 40

@@ -96,6 +96,50 @@ def test_judge_counts_an_allow_before_a_deny():
     assert table["without_mask"]["allow_before_deny"] == 1 and table["without_mask"]["denied"] == 1
 
 
+def test_an_undecided_visit_says_which_rule_held_it_back():
+    # A mask under the nose: 100 px from the first frame, p wavering below the threshold, no frame sure enough to
+    # vote. Waiting, the door never decides (lock-on-unmasked lets the visitor in); the diagnostics say why.
+    face = (100.0, 100.0, 200.0, 220.0)
+    frames = [(i / 15, [Verdict(face, p, "with_mask")]) for i, p in enumerate([0.3, 0.5] * 20)]
+    truth = [[face]] * len(frames)
+    visit = visits.Visit("v", "incorrect_mask", [], 0)
+    waits = PolicyConfig(unsure=0.7, unsettled="wait")
+    out = visits.judge(visit, frames, Policy(waits, 0.56), truth)
+    assert out.undecided and out.wrong and not out.denied
+    (who,) = out.people
+    assert (who.detected_frames, who.tracks, who.longest_track, who.votes) == (40, 1, 40, 0)
+    assert who.near_frames == 40 and who.near_p == pytest.approx(0.4) and who.state == "unknown"
+    assert who.rule == "unsure: votes +0.00 of the 2.5 needed to deny, and near p 0.40 below the threshold 0.56"
+    table = visits.summarise([out])
+    assert table["incorrect_mask"]["undecided"] == 1 and visits.door_counts(table)["undecided"] == 1
+    printed = visits.format_why([out])
+    assert "| v | undecided | incorrect_mask | 40/40 | 1 (40) | 0 (0.00 / 0.00) | 40 (0.40) |" in printed
+    assert visits.why_counts([out]) == {"incorrect_mask: unsure": 1}
+    # Denied as unsettled 1.33 s after its first near frame: decided, and no row to explain.
+    denied = visits.judge(visit, frames, Policy(PolicyConfig(unsure=0.7), 0.56), truth)
+    assert denied.denied and not denied.undecided and not denied.wrong
+    assert denied.first_deny == pytest.approx(20 / 15, abs=1e-3)
+    assert denied.people[0].state == "unsettled" and denied.people[0].settled_by == "unsettled rule"
+    assert denied.people[0].rule == "" and visits.format_why([denied]).count("\n") == 1  # the header alone
+    # A face the detector lost and found again as a new track, whose votes together would have settled it.
+    moved = (400.0, 100.0, 500.0, 220.0)  # an odd box far from the last: the tracker starts again
+    broken = [(i / 15, [Verdict(face if i < 3 else moved, 0.99, "without_mask")]) for i in range(6)]
+    split = visits.judge(visits.Visit("b", "without_mask", [], 0), broken,
+                         Policy(PolicyConfig(deny_evidence=4.0), 0.56))
+    assert split.undecided and split.people[0].tracks == 2
+    assert split.people[0].rule.startswith("track broke: 2 tracks")
+
+
+def test_visitors_are_told_apart_by_their_boxes_and_a_face_never_found_says_so():
+    a, b = (100.0, 100.0, 200.0, 220.0), (400.0, 100.0, 500.0, 220.0)
+    frames = [(i / 15, [Verdict(a, 0.99, "without_mask")]) for i in range(20)]
+    out = visits.judge(visits.Visit("p", "without_mask+with_mask", [], 0), frames,
+                       Policy(PolicyConfig(), 0.56), [[a, b]] * 20)
+    unmasked, masked = out.people
+    assert out.denied and unmasked.detected_frames == 20 and unmasked.rule == ""
+    assert masked.detected_frames == 0 and masked.rule == "not found: the detector never found this face"
+
+
 def _args(**kw) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     visits.add_arguments(parser)

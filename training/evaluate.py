@@ -146,11 +146,14 @@ def scene_part(labels: dict[str, list[LabelledFace]], labels_csv: Path, part: st
 
 def labelled_box_scores(model, labels: dict[str, list[LabelledFace]], threshold: float) -> dict:
     """The classifier alone on every labelled box (cut as the appliance cuts a detected box), by face size:
-    door rates at `threshold`, per-class report (most likely class) and the table by threshold."""
+    door rates at `threshold`, per-class report (most likely class) and the table by threshold; and
+    `threshold_choice`, the threshold the training run's rule (report.choose_threshold, on every face, as
+    training/train.py chooses it on the first scene source's validation part) picks on these faces, so that a
+    shipped model's threshold can be checked again when labels are corrected, without retraining."""
     ys, probs, sizes = label_crops(labels, model.classify_all, with_sizes=True)
     probs = probs.reshape(len(ys), model.n_classes)
     p = model.not_masked(probs)
-    out: dict[str, Any] = {}
+    out: dict[str, Any] = {"threshold_choice": report.choose_threshold(p, ys)}
     for name, min_size in SIZE_BUCKETS:
         keep = sizes >= min_size
         m = report.crop_metrics(p[keep], ys[keep], threshold, probs[keep], model.labels)
@@ -271,6 +274,10 @@ def evaluate(model_path: Path, crops: Path | None = None, scenes: Path | None = 
             boxes = labelled_box_scores(model, labels, threshold)
             curves["labelled boxes"] = boxes.pop("_curve")
             result["label_crops"] = boxes
+            c = boxes["threshold_choice"]
+            print(f"the training run's threshold rule on these labelled boxes ({c['rule']}): {c['threshold']:g} "
+                  f"(TNR {c['tnr']:.3f}, FNR {c['fnr']:.3f}, incorrect stopped {_f(c['incorrect_stopped']).strip()}, "
+                  f"{c['n']} faces); scored here at {threshold:g}")
             print("labelled boxes classified directly (classifier alone):")
             for name, _ in SIZE_BUCKETS:
                 b = boxes[name]

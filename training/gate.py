@@ -16,8 +16,9 @@ is, so a model as good on crops but less sure of itself (another calibration) ca
 With `--visits N` (30 by default; 0: off) both models also judge the same seeded approach visits made from each
 shared set's validation part (training.visits, the default config's policy; each frame is rendered and its faces
 found once, and both models classify those same faces), and NEW may not deny fewer unmasked or incorrectly masked
-visitors, wrongly deny more masked ones, or `allow` a visitor not properly masked more often, by more than
-`--visit-tolerance` visits (1). A model already refused on crops is not run through the visits.
+visitors, wrongly deny more masked ones, `allow` a visitor not properly masked more often, or leave more visits
+without any decision (a face the door never judges; in lock-on-unmasked, let in unjudged when the policy waits), by
+more than `--visit-tolerance` visits (1). A model already refused on crops is not run through the visits.
 
 The card keeps the model's sha256 (the model is not touched), so it stays valid; `mask-deploy push` refuses a card
 without a passing gate.
@@ -45,7 +46,7 @@ VISIT_SEED = 17  # `mask-train visits`' default: its table for --max-visits N --
 VISIT_TOLERANCE = 1  # one visit: a single hard face can flip between two equally good models
 # (count, its total, +1 more is better / -1 fewer is better)
 VISIT_FIGURES = (("unmasked_denied", "unmasked", +1), ("incorrect_denied", "incorrect", +1),
-                 ("masked_denied", "masked", -1), ("not_masked_allowed", None, -1))
+                 ("masked_denied", "masked", -1), ("not_masked_allowed", None, -1), ("undecided", "visits", -1))
 METRICS = (("tnr", +1), ("fnr", -1), ("incorrect_stopped", +1))  # (name, +1 higher is better / -1 lower is)
 
 
@@ -225,7 +226,8 @@ def format_result(result: dict[str, Any]) -> str:
                      f"{n['unmasked']}, incorrect denied {o['incorrect_denied']} -> {n['incorrect_denied']} of "
                      f"{n['incorrect']}, masked wrongly denied {o['masked_denied']} -> {n['masked_denied']} of "
                      f"{n['masked']}, not properly masked but allowed {o['not_masked_allowed']} -> "
-                     f"{n['not_masked_allowed']}")
+                     f"{n['not_masked_allowed']}, undecided {o.get('undecided', '-')} -> {n.get('undecided', '-')} "
+                     f"of {n.get('visits', '-')}")
     lines.append(f"gate {'PASSED' if result['passed'] else 'REFUSED'} (tolerance {result['tolerance']}): "
                  f"{result['reason']}")
     return "\n".join(lines)

@@ -8,8 +8,11 @@ are used, so no frame is upsampled. Pairs put two people side by side. Each visi
 classifier and a fresh Policy on the video's own clock (frame i at i / fps seconds), so the figures are what the
 door would decide, frame by frame.
 
-Reported per kind of visit: visits denied, masked visits wrongly denied, time to first deny (median, p90), visits
-with an `allow` before a `deny`, deny decisions per visit, and beside them the same faces on their still photo.
+Reported per kind of visit: visits denied, masked visits wrongly denied, visits never decided, time to first deny
+(median, p90), visits with an `allow` before a `deny`, deny decisions per visit, and beside them the same faces on
+their still photo. Then, for every visit that ended undecided or with the wrong decision, each visitor: frames the
+detector found them in, their tracks, votes and their weight, the mean p of their near frames, and the rule that held
+the decision back (or made the wrong one).
 
     python -m training.visits ../shared/datasets/scenes-ilc/labels.csv --split val --max-visits 40
 
@@ -34,7 +37,19 @@ from typing import TYPE_CHECKING, Any
 import cv2
 import numpy as np
 
-from appliance.deciding.policy import ALLOW, DENY, Policy, Verdict, iou
+from appliance.deciding.policy import (
+    ALLOW,
+    AVERAGE_FRAMES,
+    DENIED,
+    DENY,
+    MASKED,
+    UNKNOWN,
+    UNSETTLED,
+    Policy,
+    Track,
+    Verdict,
+    iou,
+)
 from appliance.vocab import Decision
 
 if TYPE_CHECKING:  # names for hints only: the model runtime is loaded where used (a --replay needs none)
@@ -82,6 +97,44 @@ class Outcome:
     allow_before_deny: bool
     detected_frames: int
     decisions: list[tuple[float, Decision]] = field(default_factory=list)
+    people: list[Person] = field(default_factory=list)  # each visitor's part in it, and what held it back
+    stray: int = 0  # faces found on no visitor (an odd box beside a head): an unsettled one holds an allow back
+
+    @property
+    def undecided(self) -> bool:
+        """The door never decided: no deny and no allow in the whole visit (lock-on-unmasked: the door let them in)."""
+        return not self.denied and not self.allowed
+
+    @property
+    def wrong(self) -> bool:
+        """Ended with the wrong decision: someone not properly masked not denied (allowed, or never decided), or an
+        `allow` before the deny; a visit of masked people only, denied."""
+        if set(self.kind.split("+")) == {"with_mask"}:
+            return self.denied
+        return not self.denied or self.allow_before_deny
+
+
+@dataclass
+class Person:
+    """One visitor in a visit: what the door saw of them and, when it did not settle them as their label says, why.
+
+    A face is the visitor's when it lies on the visitor's box in the frame as _is_face judges (in a visit saved
+    without those boxes, every face of a one-person visit is)."""
+
+    label: str
+    frames: int  # frames of the visit
+    detected_frames: int  # ... in which a face was found on this visitor
+    tracks: int  # tracks their faces made: more than one, the tracker lost them and started again
+    longest_track: int  # frames in the longest of them
+    votes: int  # frames that cast a vote (weight > 0)
+    flagged: float  # the votes' weight for "not properly masked"
+    cleared: float  # ... and against
+    near_frames: int  # frames at [policy] allow_size or larger
+    near_p: float | None  # the average p(not properly masked) over those frames, as the door counts p
+    max_size: float  # the largest face found on them, px (shorter side)
+    state: str  # what their longest track (a masked visitor's: the one that denied them) ended as: policy's states
+    settled_by: str | None  # "votes", "average" or "unsettled rule": what set that state, the last time it changed
+    rule: str  # what held the decision back, or what made the wrong one ("" when the door got them right)
 
 
 def read_labels(labels_csv: Path) -> dict[str, list[tuple[Box, str]]]:
@@ -263,12 +316,32 @@ def _found(path: str, image: np.ndarray, detector: FaceDetector | None, cache: d
 FrameFaces = list[list[Verdict]]
 
 
-def judge(visit: Visit, frames: list[tuple[float, list[Verdict]]], policy: Policy) -> Outcome:
-    """Run one visit's faces through a fresh policy in video time."""
+def judge(visit: Visit, frames: list[tuple[float, list[Verdict]]], policy: Policy,
+          truth: list[list[Box]] | None = None) -> Outcome:
+    """Run one visit's faces through a fresh policy in video time. `truth`: each frame's visitor boxes (as render()
+    gives them), to say which faces were whose; without it, every face of a one-person visit is the visitor's."""
     decisions = []
     deny_size = None
-    for t, verdicts in frames:
+    kinds = visit.kind.split("+")
+    seen: list[list[tuple[int, Verdict, Track, float]]] = [[] for _ in kinds]  # each person's faces: frame, weight
+    settled_by: dict[int, str] = {}
+    stray = 0
+    sizes: dict[int, float] = {}  # each track's face size in the frame before, as the policy weighs votes
+    for i, (t, verdicts) in enumerate(frames):
+        states = {tr.id: tr.state for tr in policy.tracks}
         d = policy.update(verdicts, t)
+        for v, track in zip([Verdict.of(x) for x in verdicts], d.faces, strict=True):
+            w = policy.weight(v, sizes.get(track.id))[0]
+            sizes[track.id] = v.size
+            if track.state != states.get(track.id, UNKNOWN):
+                settled_by[track.id] = ("unsettled rule" if track.state == UNSETTLED else "votes"
+                                        if track.score >= policy.cfg.deny_evidence or track.state == MASKED
+                                        else "average")
+            k = _whose(v, truth[i] if truth is not None and i < len(truth) else None, len(kinds))
+            if k is not None:
+                seen[k].append((i, v, track, w))
+            else:
+                stray += 1
         if d.changed:
             decisions.append((round(t, 4), d.state))
             if d.state == DENY and deny_size is None:
@@ -276,10 +349,92 @@ def judge(visit: Visit, frames: list[tuple[float, list[Verdict]]], policy: Polic
     first_deny = next((t for t, s in decisions if s == DENY), None)
     first_allow = next((t for t, s in decisions if s == ALLOW), None)
     first_adequate = next((round(t, 4) for t, vs in frames if any(v.size >= policy.cfg.min_size for v in vs)), None)
-    return Outcome(visit.id, visit.kind, first_deny is not None, first_allow is not None, first_deny, first_allow,
-                   first_adequate, deny_size, sum(s == DENY for _, s in decisions),
-                   first_allow is not None and first_deny is not None and first_allow < first_deny,
-                   sum(1 for _, v in frames if v), decisions)
+    out = Outcome(visit.id, visit.kind, first_deny is not None, first_allow is not None, first_deny, first_allow,
+                  first_adequate, deny_size, sum(s == DENY for _, s in decisions),
+                  first_allow is not None and first_deny is not None and first_allow < first_deny,
+                  sum(1 for _, v in frames if v), decisions)
+    out.stray = stray
+    out.people = [_person(label, faces, len(frames), settled_by, policy, out) for label, faces in zip(kinds, seen,
+                                                                                                      strict=True)]
+    return out
+
+
+def _whose(v: Verdict, boxes: list[Box] | None, people: int) -> int | None:
+    """Which visitor a face is on (the one it overlaps most, among those whose face it may be: labelled boxes run
+    tighter than the detector's, so as _is_face judges); None for a box on no one."""
+    if boxes is None:
+        return 0 if people == 1 else None
+    on = [k for k in range(len(boxes)) if _is_face(v.box, boxes[k])]
+    return max(on, key=lambda k: iou(v.box, boxes[k]), default=None)
+
+
+def _person(label: str, faces: list[tuple[int, Verdict, Track, float]], n_frames: int,
+            settled_by: dict[int, str], policy: Policy, outcome: Outcome) -> Person:
+    cfg = policy.cfg
+    tracks: dict[int, Track] = {}
+    length: dict[int, int] = defaultdict(int)
+    for _, _, track, _ in {(i, track.id): (i, v, track, w) for i, v, track, w in faces}.values():  # frames, once
+        tracks[track.id] = track
+        length[track.id] += 1
+    near = [policy.p(v) for _, v, _, _ in faces if v.size >= cfg.allow_size]
+    main = tracks[max(length, key=lambda k: length[k])] if tracks else None
+    # A track that denied a masked visitor (a second, odd box on the head, say) explains more than the longest one.
+    shown = next((tr for tr in tracks.values() if tr.state in DENIED), main) if label == "with_mask" else main
+    person = Person(label, n_frames, len({i for i, *_ in faces}), len(tracks), max(length.values(), default=0),
+                    sum(w > 0 for *_, w in faces),
+                    round(sum(w for _, v, _, w in faces if policy.weight(v)[1]), 3),
+                    round(sum(w for _, v, _, w in faces if not policy.weight(v)[1]), 3),
+                    len(near), round(float(np.mean(near)), 3) if near else None,
+                    round(max((v.size for _, v, _, _ in faces), default=0.0), 1),
+                    shown.state if shown else UNKNOWN, settled_by.get(shown.id) if shown else None, "")
+    person.rule = _rule(person, label, shown, tracks, policy, outcome)
+    return person
+
+
+def _rule(person: Person, label: str, main: Track | None, tracks: dict[int, Track], policy: Policy,
+          outcome: Outcome) -> str:
+    """What held a visitor's decision back, or made the wrong one; "" when the door got them right. `main`: their
+    longest track, or for a masked visitor the track that denied them."""
+    cfg = policy.cfg
+    masked = label == "with_mask" or (label == "incorrect_mask" and policy.allow_incorrect)
+    states = {tr.state for tr in tracks.values()}
+    if masked and MASKED in states and not states & set(DENIED):
+        if outcome.undecided and UNKNOWN in states:
+            return f"track broke: {len(tracks)} tracks, one settled masked, another never settled and held the allow"
+        return ""
+    if not masked and states & set(DENIED) and not outcome.allow_before_deny:
+        return ""
+    if main is None:
+        return "not found: the detector never found this face"
+    if person.max_size < cfg.min_size:
+        return f"too small: never {cfg.min_size:g} px, so no vote"
+    if main.state == UNSETTLED and masked:
+        return (f"unsettled, denied: settled neither way {policy.cfg.unsettled_after:g} s after its first frame at "
+                f"{cfg.allow_size:g} px (votes {main.score:+.2f}, near p {_p(person.near_p)})")
+    if main.state in DENIED and masked:
+        second = f" on one of its {len(tracks)} tracks" if len(tracks) > 1 else ""
+        return f"read wrong: denied by the {person.settled_by}{second} (near p {_p(person.near_p)})"
+    if main.state == MASKED and not masked:
+        return f"read wrong: allowed by the votes and an average below the threshold (near p {_p(person.near_p)})"
+    if outcome.allow_before_deny:
+        return "read wrong: allowed before it was denied"
+    # Unsettled: the longest track neither reached the evidence either way nor was denied on its average.
+    score = sum(tr.score for tr in tracks.values())
+    near_all = sum(len(tr.near) for tr in tracks.values())
+    if len(tracks) > 1 and (score >= cfg.deny_evidence or score <= -cfg.allow_evidence
+                            or (len(main.near) < AVERAGE_FRAMES <= near_all)):
+        return f"track broke: {len(tracks)} tracks, whose votes ({score:+.2f}) or near frames together would settle"
+    if cfg.judge_average and len(main.near) < AVERAGE_FRAMES:
+        return (f"average not ready: {len(main.near)} near frames of the {AVERAGE_FRAMES} it needs (a face seen at "
+                f"{cfg.allow_size:g} px or more)")
+    side = "to allow" if main.score < 0 else "to deny"
+    need = cfg.allow_evidence if main.score < 0 else cfg.deny_evidence
+    return (f"unsure: votes {main.score:+.2f} of the {need:g} needed {side}, and near p {_p(person.near_p)} below the "
+            f"threshold {policy.threshold:g}")
+
+
+def _p(p: float | None) -> str:
+    return "-" if p is None else f"{p:.2f}"
 
 
 def still_figures(faces: list[SourceFace], pipeline) -> dict[str, dict[str, float]]:
@@ -323,6 +478,7 @@ def summarise(outcomes: list[Outcome]) -> dict[str, dict]:
             "visits": len(group),
             "denied": sum(o.denied for o in group),
             "allowed": sum(o.allowed for o in group),
+            "undecided": sum(o.undecided for o in group),
             "allow_before_deny": sum(o.allow_before_deny for o in group),
             "one_deny": sum(o.denies == 1 for o in group),
             "never_detected": sum(o.detected_frames == 0 for o in group),
@@ -336,17 +492,51 @@ def summarise(outcomes: list[Outcome]) -> dict[str, dict]:
 
 
 def format_table(table: dict[str, dict], still: dict[str, dict] | None = None) -> str:
-    lines = ["| visit | n | denied | allowed | allow, then deny | one deny | deny median s | deny p90 s | "
+    lines = ["| visit | n | denied | allowed | undecided | allow, then deny | one deny | deny median s | deny p90 s | "
              "deny median s from min_size | face at deny px | allow median s | still photo flagged |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for kind, row in table.items():
         s = (still or {}).get(kind)
         shown = f"{s['flagged']}/{s['found']} (found {s['found']}/{s['faces']})" if s else ""
         lines.append(f"| {kind} | {row['visits']} | {row['denied']}/{row['visits']} | {row['allowed']} | "
-                     f"{row['allow_before_deny']} | {row['one_deny']} | {row['deny_median_s']} | "
-                     f"{row['deny_p90_s']} | {row['deny_after_adequate_median_s']} | {row['deny_face_median_px']} | "
-                     f"{row['allow_median_s']} | {shown} |")
+                     f"{row.get('undecided', '')} | {row['allow_before_deny']} | {row['one_deny']} | "
+                     f"{row['deny_median_s']} | {row['deny_p90_s']} | {row['deny_after_adequate_median_s']} | "
+                     f"{row['deny_face_median_px']} | {row['allow_median_s']} | {shown} |")
     return "\n".join(lines)
+
+
+def format_why(outcomes: list[Outcome]) -> str:
+    """One row per visitor of every visit that ended undecided or with the wrong decision: what the door saw of them
+    and what held their decision back (or made the wrong one)."""
+    lines = ["| visit | ended | visitor | found in frames | tracks (longest) | votes (weight for / against) | "
+             "near frames (mean p) | largest px | settled as | why |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for o in outcomes:
+        if not (o.undecided or o.wrong):
+            continue
+        ended = "undecided" if o.undecided else "allowed" if o.allowed and not o.denied else "denied"
+        if o.allow_before_deny:
+            ended = "allowed, then denied"
+        for who in o.people:
+            lines.append(f"| {o.id} | {ended} | {who.label} | {who.detected_frames}/{who.frames} | {who.tracks} "
+                         f"({who.longest_track}) | {who.votes} ({who.flagged:.2f} / {who.cleared:.2f}) | "
+                         f"{who.near_frames} ({_p(who.near_p)}) | {who.max_size:g} | {who.state}"
+                         f"{' by the ' + who.settled_by if who.settled_by else ''} | {who.rule or '-'} |")
+        if o.stray and not any(who.rule for who in o.people):
+            lines.append(f"| {o.id} | {ended} | (none) | {o.stray} faces on no visitor | | | | | | stray box: a face "
+                         f"found beside the visitors, unsettled, holds the allow back |")
+    return "\n".join(lines)
+
+
+def why_counts(outcomes: list[Outcome]) -> dict[str, int]:
+    """How many visitors of undecided or wrong visits each cause held back: the first word of their rule."""
+    counts: dict[str, int] = defaultdict(int)
+    for o in outcomes:
+        if o.undecided or o.wrong:
+            for who in o.people:
+                if who.rule:
+                    counts[f"{who.label}: {who.rule.split(':')[0]}"] += 1
+    return dict(sorted(counts.items()))
 
 
 def verdicts_to_json(frames: list[tuple[float, list[Verdict]]]) -> list:
@@ -367,6 +557,7 @@ class DoorRun:
     frames: dict[str, list[tuple[float, list[Verdict]]]]
     still: dict[str, dict[str, float]] | None
     threshold: float
+    truth: dict[str, list[list[Box]]] = field(default_factory=dict)  # each frame's visitor boxes, in faces' order
 
 
 def plan_set(labels_csv: Path, split: str, max_visits: int, pairs: int, seed: int, end: float) -> list[Visit]:
@@ -412,12 +603,15 @@ def door_runs(cfg: Config, models: Sequence[MaskClassifier], labels_csv: Path, s
     pipelines = [first, *(Pipeline(first.detector, m, cfg.classifier.threshold) for m in models[1:])]
     started = time.monotonic()
     frames: list[dict[str, list[tuple[float, list[Verdict]]]]] = [{} for _ in pipelines]
+    truth: dict[str, list[list[Box]]] = {}
     photo_cache: dict[str, np.ndarray] = {}
     bystanders = make_detector(cfg.detector, photos=True)  # blanks the people a set leaves unlabelled
     for n, visit in enumerate(visits):
         for seen in frames:
             seen[visit.id] = []
-        for i, (t, image, _) in enumerate(render(visit, r, photo_cache, bystanders)):
+        truth[visit.id] = []
+        for i, (t, image, boxes) in enumerate(render(visit, r, photo_cache, bystanders)):
+            truth[visit.id].append(boxes)
             frame = Frame(image, t, i)
             faces = first.detect(frame)
             for seen, pipeline in zip(frames, pipelines, strict=True):
@@ -427,14 +621,15 @@ def door_runs(cfg: Config, models: Sequence[MaskClassifier], labels_csv: Path, s
         if (n + 1) % 25 == 0:
             log.info("%d/%d visits, %.0f s", n + 1, len(visits), time.monotonic() - started)
     used = list({id(f): f for v in visits for f in v.faces}.values())
-    return [DoorRun(visits, seen, still_figures(used, pipeline) if still else None, pipeline.threshold)
+    return [DoorRun(visits, seen, still_figures(used, pipeline) if still else None, pipeline.threshold, truth)
             for seen, pipeline in zip(frames, pipelines, strict=True)]
 
 
 def door_counts(table: dict[str, dict]) -> dict[str, int]:
     """What the door did, in visits, from a summarise() table: visits with someone unmasked (alone or beside others)
     and how many were denied, masked-only visits and how many were wrongly denied, incorrectly masked visits and how
-    many were denied, and visits of someone not properly masked that saw an `allow` at any time."""
+    many were denied, visits of someone not properly masked that saw an `allow` at any time, and of all visits, how
+    many ended with no decision at all (in lock-on-unmasked, a visitor the door let in without judging them)."""
     def total(kinds, key):
         return sum(table[k][key] for k in kinds)
 
@@ -444,7 +639,8 @@ def door_counts(table: dict[str, dict]) -> dict[str, int]:
     return {"unmasked": total(unmasked, "visits"), "unmasked_denied": total(unmasked, "denied"),
             "masked": total(masked, "visits"), "masked_denied": total(masked, "denied"),
             "incorrect": total(incorrect, "visits"), "incorrect_denied": total(incorrect, "denied"),
-            "not_masked_allowed": total(unmasked + incorrect, "allowed")}
+            "not_masked_allowed": total(unmasked + incorrect, "allowed"),
+            "visits": total(list(table), "visits"), "undecided": total(list(table), "undecided")}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -499,6 +695,7 @@ def _run(args: argparse.Namespace) -> int:
         threshold = saved["threshold"]
         visits = [Visit(v["id"], v["kind"], [], 0) for v in saved["visits"]]
         frames = {v["id"]: verdicts_from_json(v["frames"]) for v in saved["visits"]}
+        truth = {v["id"]: [[tuple(b) for b in boxes] for boxes in v["truth"]] for v in saved["visits"] if "truth" in v}
         still = saved.get("still")
     else:
         if args.labels is None:
@@ -509,14 +706,19 @@ def _run(args: argparse.Namespace) -> int:
         r = Render(start=args.start, end=args.end, seconds=args.seconds, fps=args.fps)
         run_ = door_visits(cfg, load_model(cfg.classifier.model, args.threads), args.labels, args.split,
                            args.max_visits, args.pairs, args.seed, r)
-        visits, frames, still, threshold = run_.visits, run_.frames, run_.still, run_.threshold
+        visits, frames, still, threshold, truth = run_.visits, run_.frames, run_.still, run_.threshold, run_.truth
         if args.save_frames:
             args.save_frames.write_text(json.dumps({
                 "threshold": threshold, "still": still,
-                "visits": [{"id": v.id, "kind": v.kind, "frames": verdicts_to_json(frames[v.id])} for v in visits]}))
-    outcomes = [judge(v, frames[v.id], Policy(cfg.policy, threshold)) for v in visits]
+                "visits": [{"id": v.id, "kind": v.kind, "frames": verdicts_to_json(frames[v.id]),
+                            "truth": truth[v.id]} for v in visits]}))
+    outcomes = [judge(v, frames[v.id], Policy(cfg.policy, threshold), truth.get(v.id)) for v in visits]
     table = summarise(outcomes)
     print(format_table(table, still))
+    if any(o.undecided or o.wrong for o in outcomes):
+        print("\nvisits that ended undecided or with the wrong decision, each visitor:")
+        print(format_why(outcomes))
+        print("causes: " + ", ".join(f"{k} {n}" for k, n in why_counts(outcomes).items()))
     print(f"{len(visits)} visits, {time.monotonic() - started:.0f} s, policy {asdict(cfg.policy)}")
     if args.json:
         args.json.write_text(json.dumps({"table": table, "still": still, "policy": asdict(cfg.policy),

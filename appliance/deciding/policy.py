@@ -1,7 +1,8 @@
 """Per-frame verdicts -> a door decision (`idle`, `allow`, `deny`) that judges the visit, not the frame.
 
-Faces are tracked across frames by IoU. Each frame of a track casts a weighted vote: nothing below `min_size`
-(the model cannot tell a mask on a face that small) or from a box that suddenly shrank, then a weight rising with
+Faces are tracked across frames by IoU (a second box inside a face's box in the same frame is that face, and votes
+nothing). Each frame of a track casts a weighted vote: nothing below `min_size` (the model cannot tell a mask on a
+face that small) or from a box that suddenly shrank, then a weight rising with
 the face's size (size / `full_size`, up to 1) and with how sure the model is (nothing while it is less sure than
 `unsure`, full weight from `sure`, on a 0..1 scale from the threshold to p = 0 or 1). A track's votes add up, for
 "not properly masked" and against it, into one score kept within ±(deny_evidence + allow_evidence), so that a
@@ -10,9 +11,10 @@ masked) when its score reaches `deny_evidence`, and as masked when it falls to -
 been seen at least `allow_size` large. With `judge_average`, a face seen at `allow_size` or larger is also judged
 on its average p over its last such frames, at the model's threshold: at or above it the face settles as not properly
 masked, and it settles as masked only below it (a mask just under the nose gives p wavering around the threshold,
-so few of its frames are sure enough to vote). One unmasked face denies at once; the decision then holds
-`deny_hold` seconds after the last unmasked face has gone (and `allow_hold` for allow). An unsettled face never
-allows.
+so few of its frames are sure enough to vote). With `unsettled = "deny"`, a face seen at `allow_size` or larger
+for `unsettled_after` seconds that has settled neither way is denied (it may still settle later, as any face may).
+One unmasked face denies at once; the decision then holds `deny_hold` seconds after the last unmasked face has gone
+(and `allow_hold` for allow). An unsettled face never allows.
 
 The clock `t` is the frame's own time: a camera's capture time, or a video file's timestamps.
 
@@ -32,6 +34,8 @@ from appliance.config import PolicyConfig
 
 IDLE, ALLOW, DENY = vocab.Decision.IDLE, vocab.Decision.ALLOW, vocab.Decision.DENY
 UNKNOWN, MASKED, UNMASKED, INCORRECT = "unknown", "masked", "unmasked", "incorrect"  # a track's state
+UNSETTLED = "unsettled"  # unsettled = "deny": near for unsettled_after seconds and settled neither way: denied
+DENIED = (UNMASKED, INCORRECT, UNSETTLED)  # the states that deny
 WITH_MASK, WITHOUT_MASK, INCORRECT_MASK = vocab.Label.WITH_MASK, vocab.Label.WITHOUT_MASK, vocab.Label.INCORRECT_MASK
 # A box this much smaller than its track's last one is a detector that lost part of the face (a turned head cut the
 # mask off in issue 17's videos, p 0.004 -> 0.67): that frame casts no vote. The validation visits (faces that grow
@@ -47,6 +51,13 @@ AVERAGE_FRAMES = 10
 # below a threshold of 0.56 after 9 masked ones, as the votes change their mind (from +5.5 to -3: 9 frames). On the
 # validation visits, windows of 10 to 30 frames and the whole track gave the same figures.
 AVERAGE_WINDOW = 20
+# A second box in a frame that lies this much inside a face's box, or around it (of the smaller box's area), is the
+# same head boxed twice: it joins that face's track and casts no vote. More than half of it: two people's faces
+# overlap far less. scenes-ilc's validation visits give the same figures from 0.5 to 0.9 (8 of 266 visitors had two
+# boxes on the head in some frame); on scenes-dev's, masked visitors wrongly denied 5/60 -> 4/60 at 0.5 and 0.6
+# (none from 0.8). A box that changes size between frames is NOT matched this way: a smaller face appearing where
+# a settled one was would inherit its state, and a new person must earn their own.
+CONTAIN = 0.6
 
 
 @dataclass(frozen=True)
@@ -92,6 +103,12 @@ class Track:
     cleared: float = 0.0  # ... and against it
     near: list[tuple[float, float]] = field(default_factory=list)  # judge_average: the last AVERAGE_WINDOW frames
     # seen at allow_size or larger, as (p(not properly masked), the share of it that said "mask worn wrong")
+    near_since: float | None = None  # the time of its first frame at allow_size or larger (unsettled = "deny")
+
+    @property
+    def settled(self) -> bool:
+        """Judged one way or the other by its votes or its average (an UNSETTLED face was denied for want of that)."""
+        return self.state in (MASKED, UNMASKED, INCORRECT)
 
     @property
     def disagreed(self) -> bool:
@@ -124,6 +141,19 @@ class Decision:
     @property
     def masked(self) -> int:
         return sum(t.state == MASKED for t in self.tracks)
+
+    @property
+    def unsettled(self) -> int:
+        """Faces denied because they stayed unsettled near the door (unsettled = "deny")."""
+        return sum(t.state == UNSETTLED for t in self.tracks)
+
+
+def contained(a, b) -> float:
+    """How much of the smaller of two boxes lies inside the other (1: wholly)."""
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    smaller = min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
+    return ix * iy / smaller if smaller > 0 else 0.0
 
 
 def iou(a, b) -> float:
@@ -196,6 +226,8 @@ class Policy:
     def _vote(self, track: Track, v: Verdict, previous_size: float | None) -> None:
         cfg = self.cfg
         w, flagged, incorrect = self.weight(v, previous_size)
+        if track.near_since is None and v.size >= cfg.allow_size and not self.shrank(v, previous_size):
+            track.near_since = track.last_seen  # _match has set it to this frame's time
         near = self._near_sums(track, v, previous_size)
         cap = cfg.deny_evidence + cfg.allow_evidence
         track.score = max(-cap, min(cap, track.score + (w if flagged else -w)))
@@ -241,10 +273,16 @@ class Policy:
             faces[j] = track
         for j, v in enumerate(verdicts):
             if j not in used_verdicts:
+                # A second box on a head already seen in this frame: the same face, so its track, and no vote.
+                same = next((k for k in used_verdicts if contained(verdicts[k].box, v.box) >= CONTAIN), None)
+                if same is not None:
+                    faces[j] = faces[same]
+                    continue
                 track = Track(next(self._ids), v.box, t)
                 self._vote(track, v, None)
                 self.tracks.append(track)
                 faces[j] = track
+                used_verdicts.add(j)
         return [f for f in faces if f is not None]  # every slot is filled above: all of them
 
     def update(self, verdicts: list[Any], t: float) -> Decision:
@@ -252,7 +290,11 @@ class Policy:
         decision."""
         faces = self._match([Verdict.of(v) for v in verdicts], t)
         present = self.tracks
-        if any(tr.state in (UNMASKED, INCORRECT) for tr in present):
+        if self.cfg.unsettled == "deny":
+            for tr in present:
+                if tr.state == UNKNOWN and tr.near_since is not None and t - tr.near_since >= self.cfg.unsettled_after:
+                    tr.state = UNSETTLED  # near long enough to be judged, and not judged: denied, not let in
+        if any(tr.state in DENIED for tr in present):
             self._last_deny = t
         elif present and all(tr.state == MASKED for tr in present):
             self._last_allow = t

@@ -44,7 +44,8 @@ class Emitter:
         if decision.changed:
             self.events.record(Kind.DECISION, decision.state, frame=frame.index, image=frame.name or None,
                                t=round(frame.t, 3), unmasked=decision.unmasked, incorrect=decision.incorrect,
-                               masked=decision.masked, door=door, p=[round(r.p_without_mask, 3) for r in results])
+                               unsettled=decision.unsettled, masked=decision.masked, door=door,
+                               p=[round(r.p_without_mask, 3) for r in results])
             if self.events.faces_dir is not None and results:
                 self.events.save_faces(frame.image, [r.face.box for r in results], decision.state)
         if self.collector.cfg.enabled and results:

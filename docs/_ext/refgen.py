@@ -308,7 +308,7 @@ def _example_state() -> dict[str, Any]:
 
     state = DoorState({"allow": 12, "deny": 3})
     state.on_record({"id": 1, "kind": "decision", "state": "deny",
-                     "detail": {"door": "locked", "masked": 0, "unmasked": 1, "incorrect": 0}})
+                     "detail": {"door": "locked", "masked": 0, "unmasked": 1, "incorrect": 0, "unsettled": 0}})
     state.on_status({"fps": 14.9, "frames": 51234, "camera_lost": False, "model_sha256": "3f700c5c…",
                      "running": True})
     payload = state.payload()
@@ -335,7 +335,7 @@ def mqtt() -> str:
                ". An example:\n\n```json\n" + json.dumps(example, indent=2) + "\n```\n\n")
     sample = mqtt_events.event_payload({"id": 4711, "time": 1796027863.9, "kind": "decision", "state": "deny",
                                         "detail": {"door": "locked", "masked": 0, "unmasked": 1, "incorrect": 0,
-                                                   "frame": 7}})
+                                                   "unsettled": 0, "frame": 7}})
     out.append("## The event payload\n\nKeys: " + ", ".join(code(k) for k in sample) + ". Kinds sent: " +
                ", ".join(code(k) for k in mqtt_events.EVENT_KINDS) + " (not `start` and `stop`: availability says "
                "that). An example:\n\n```json\n" + json.dumps(sample, indent=2) + "\n```\n\n")
