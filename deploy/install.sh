@@ -183,10 +183,22 @@ install_files() {
 }
 
 install_unit() {
-    # The unit's Documentation= link points here (the wheel keeps the README only as its metadata's description).
+    # The unit's Documentation= links point here (the wheel keeps the README only as its metadata's description),
+    # and so do the README's links into the manual: its pages and pictures go beside it, as in the checkout.
+    local page pages=0
     if ! cmp -s "$SRC/README.md" "$APP/README.md"; then
         say "README $APP/README.md"
         install -D -m 0644 "$SRC/README.md" "$APP/README.md"
+        changed=1
+    fi
+    while IFS= read -r -d '' page; do
+        if ! cmp -s "$SRC/$page" "$APP/$page"; then
+            install -D -m 0644 "$SRC/$page" "$APP/$page"
+            pages=$((pages + 1))
+        fi
+    done < <(cd "$SRC" && [ -d docs ] && find docs \( -name _generated -o -name _ext \) -prune -o -type f \( -name '*.md' -o -name '*.png' \) -print0)
+    if ((pages)); then
+        say "manual: $pages pages and pictures in $APP/docs"
         changed=1
     fi
     if ! cmp -s "$SRC/systemd/mask-appliance.service" "$UNIT"; then

@@ -226,7 +226,8 @@ def _tree(root: Path) -> dict[str, str]:
 CHECKOUT = {"appliance/__init__.py": "", "appliance/door.py": "door", "appliance/old.py": "old",
             "appliance/legacy/__init__.py": "", "appliance/legacy/gate.py": "gate", "models/card.json": "{}",
             "training/__init__.py": "", "deploy/install.sh": "#!/bin/sh\n", "deploy/hooks": "hook",
-            "systemd/x.service": "[Unit]\n", "pyproject.toml": "[project]\n", "README.md": "# x\n"}
+            "systemd/x.service": "[Unit]\n", "pyproject.toml": "[project]\n", "README.md": "# x\n",
+            "docs/index.md": "# manual\n"}
 
 
 def _checkout(here: Path) -> None:

@@ -100,7 +100,7 @@ def os_release(root: Path, codename: str) -> None:
                                          f"VERSION_CODENAME={codename}\n")
 
 
-PARTS = ("appliance", "training", "models", "deploy", "systemd", "pyproject.toml", "README.md")
+PARTS = ("appliance", "training", "models", "deploy", "systemd", "pyproject.toml", "README.md", "docs")
 
 
 def checkout(dst: Path) -> Path:
@@ -135,14 +135,22 @@ def test_first_install_puts_everything_in_place(fake):
     assert stage.parent == root / "opt/mask-appliance" and stage.name.startswith("build.") and not stage.exists()
     assert f"{stage}/deploy/constraints/trixie.txt" in pip
     assert sorted(p.name for p in (root / "opt/mask-appliance").iterdir()) == [
-        ".stamp", "README.md", "numpy-from-apt.txt", "venv"]
-    # the unit's Documentation= link leads to the README, installed for everyone to read
+        ".stamp", "README.md", "docs", "numpy-from-apt.txt", "venv"]
+    # the unit's Documentation= links lead to the README and the troubleshooting page, installed for everyone to
+    # read, with every page and picture of the manual that the README's links lead to
     unit = (REPO / "systemd/mask-appliance.service").read_text()
-    docs = re.findall(r"^Documentation=file://(/\S+)$", unit, re.MULTILINE)
-    assert docs == ["/opt/mask-appliance/README.md"]
-    readme = root / docs[0].lstrip("/")
-    assert readme.read_bytes() == (REPO / "README.md").read_bytes()
-    assert oct(readme.stat().st_mode)[-4:] == "0644"
+    docs = re.findall(r"file://(/\S+)", "".join(re.findall(r"^Documentation=(.*)$", unit, re.MULTILINE)))
+    assert docs == ["/opt/mask-appliance/README.md", "/opt/mask-appliance/docs/troubleshooting.md"]
+    for doc in docs:
+        installed = root / doc.lstrip("/")
+        assert installed.read_bytes() == (REPO / doc.removeprefix("/opt/mask-appliance/")).read_bytes()
+        assert oct(installed.stat().st_mode)[-4:] == "0644"
+    app = root / "opt/mask-appliance"
+    links = re.findall(r"\]\((docs/[^)#]+)", (REPO / "README.md").read_text())
+    assert links and all((app / link).is_file() for link in links), [x for x in links if not (app / x).is_file()]
+    manual = sorted(p.relative_to(REPO) for p in (REPO / "docs").rglob("*") if p.suffix in (".md", ".png")
+                    and not {"_generated", "_ext"} & set(p.parts))
+    assert sorted(p.relative_to(app) for p in (app / "docs").rglob("*") if p.is_file()) == manual
     actions = [line for line in log if line.startswith("systemctl") and "is-" not in line]
     assert actions == ["systemctl daemon-reload", "systemctl enable mask-appliance", "systemctl start mask-appliance"]
     assert (root / "etc/mask-appliance/config.toml").read_text() == (REPO / "deploy/config.pi.toml").read_text()

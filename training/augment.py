@@ -75,7 +75,8 @@ def blur(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     line[k // 2] = 1.0 / k
     kernel = cv2.warpAffine(line, cv2.getRotationMatrix2D((k / 2 - 0.5, k / 2 - 0.5), rng.uniform(0, 180), 1.0),
                             (k, k))
-    return cv2.filter2D(img, -1, kernel / max(kernel.sum(), 1e-6))
+    kernel = (kernel / max(float(kernel.sum()), 1e-6)).astype(np.float32)
+    return cv2.filter2D(img, -1, kernel)
 
 
 def down_up(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
