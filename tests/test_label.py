@@ -7,8 +7,6 @@ from __future__ import annotations
 import csv
 import http.client
 import json
-import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -20,21 +18,13 @@ import cv2
 import numpy as np
 import pytest
 from support.data import CROPS, REPO, SHIPPED
-from support.labelling import CHROMIUM, make_door
+from support.labelling import CHROMIUM, make_door, publish_screenshot
 
 from appliance.seeing.classifier import load_model
 from appliance.seeing.imaging import pad_to_square
 from training import label
 from training.evaluate import label_crops, read_scene_labels
 from training.splits import split_scenes
-
-
-def publish_screenshot(shot: Path) -> None:
-    """Copy a screenshot a test took into $MASK_APPLIANCE_SCREENSHOTS, which only scripts/screenshots sets (to
-    docs/results): a plain test run writes nothing into the checkout."""
-    folder = os.environ.get("MASK_APPLIANCE_SCREENSHOTS")
-    if folder:
-        shutil.copyfile(shot, Path(folder) / shot.name)
 
 
 @pytest.fixture

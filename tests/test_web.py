@@ -7,7 +7,6 @@ import contextlib
 import dataclasses
 import http.client
 import json
-import os
 import shutil
 import socket
 import sqlite3
@@ -19,6 +18,7 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from support.data import scene_images
+from support.labelling import publish_screenshot
 from support.sources import PacedScenes
 from support.wait import wait_for
 
@@ -44,14 +44,6 @@ def get(server: web.StatusServer, path: str, method: str = "GET", headers: dict 
     body = r.read()
     conn.close()
     return r.status, dict(r.getheaders()), body
-
-
-def publish_screenshot(shot: Path) -> None:
-    """Copy a screenshot a test took into $MASK_APPLIANCE_SCREENSHOTS, which only scripts/screenshots sets (to
-    docs/results): a plain test run writes nothing into the checkout."""
-    folder = os.environ.get("MASK_APPLIANCE_SCREENSHOTS")
-    if folder:
-        shutil.copyfile(shot, Path(folder) / shot.name)
 
 
 @pytest.fixture

@@ -1,9 +1,12 @@
-"""Labelling helpers: a pulled door folder of real labelled faces, and the system Chromium the page is driven in."""
+"""Labelling helpers: a pulled door folder of real labelled faces, the system Chromium the pages are driven in, and
+where the browser tests' screenshots go."""
 
 from __future__ import annotations
 
 import csv
 import json
+import os
+import shutil
 from pathlib import Path
 
 import cv2
@@ -12,6 +15,14 @@ from appliance.seeing.classifier import crop_faces, load_model
 from support.data import SCENES, SHIPPED
 
 CHROMIUM = "/usr/bin/chromium"
+
+
+def publish_screenshot(shot: Path) -> None:
+    """Copy a screenshot a test took into $MASK_APPLIANCE_SCREENSHOTS, which only scripts/screenshots sets (to
+    docs/results): a plain test run writes nothing into the checkout."""
+    folder = os.environ.get("MASK_APPLIANCE_SCREENSHOTS")
+    if folder:
+        shutil.copyfile(shot, Path(folder) / shot.name)
 
 
 def make_door(root: Path, n: int, host: str = "pi-a", start: int = 0) -> dict[str, str]:
