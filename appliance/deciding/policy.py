@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from appliance import vocab
+from appliance.boxes import contained, iou
 from appliance.config import PolicyConfig
 
 IDLE, ALLOW, DENY = vocab.Decision.IDLE, vocab.Decision.ALLOW, vocab.Decision.DENY
@@ -146,22 +147,6 @@ class Decision:
     def unsettled(self) -> int:
         """Faces denied because they stayed unsettled near the door (unsettled = "deny")."""
         return sum(t.state == UNSETTLED for t in self.tracks)
-
-
-def contained(a, b) -> float:
-    """How much of the smaller of two boxes lies inside the other (1: wholly)."""
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    smaller = min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
-    return ix * iy / smaller if smaller > 0 else 0.0
-
-
-def iou(a, b) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 class Policy:
