@@ -323,7 +323,8 @@ def judge(visit: Visit, frames: list[tuple[float, list[Verdict]]], policy: Polic
     decisions = []
     deny_size = None
     kinds = visit.kind.split("+")
-    seen: list[list[tuple[int, Verdict, Track, float]]] = [[] for _ in kinds]  # each person's faces: frame, weight
+    seen: list[list[tuple[int, Verdict, Track, float, bool]]] = [[] for _ in kinds]  # each person's faces: frame,
+    # face, track, its vote's weight and whether the vote said "not properly masked"
     settled_by: dict[int, str] = {}
     stray = 0
     sizes: dict[int, float] = {}  # each track's face size in the frame before, as the policy weighs votes
@@ -331,7 +332,7 @@ def judge(visit: Visit, frames: list[tuple[float, list[Verdict]]], policy: Polic
         states = {tr.id: tr.state for tr in policy.tracks}
         d = policy.update(verdicts, t)
         for v, track in zip([Verdict.of(x) for x in verdicts], d.faces, strict=True):
-            w = policy.weight(v, sizes.get(track.id))[0]
+            w, flagged, _ = policy.weight(v, sizes.get(track.id))
             sizes[track.id] = v.size
             if track.state != states.get(track.id, UNKNOWN):
                 settled_by[track.id] = ("unsettled rule" if track.state == UNSETTLED else "votes"
@@ -339,7 +340,7 @@ def judge(visit: Visit, frames: list[tuple[float, list[Verdict]]], policy: Polic
                                         else "average")
             k = _whose(v, truth[i] if truth is not None and i < len(truth) else None, len(kinds))
             if k is not None:
-                seen[k].append((i, v, track, w))
+                seen[k].append((i, v, track, w, flagged))
             else:
                 stray += 1
         if d.changed:
@@ -368,24 +369,24 @@ def _whose(v: Verdict, boxes: list[Box] | None, people: int) -> int | None:
     return max(on, key=lambda k: iou(v.box, boxes[k]), default=None)
 
 
-def _person(label: str, faces: list[tuple[int, Verdict, Track, float]], n_frames: int,
+def _person(label: str, faces: list[tuple[int, Verdict, Track, float, bool]], n_frames: int,
             settled_by: dict[int, str], policy: Policy, outcome: Outcome) -> Person:
     cfg = policy.cfg
     tracks: dict[int, Track] = {}
     length: dict[int, int] = defaultdict(int)
-    for _, _, track, _ in {(i, track.id): (i, v, track, w) for i, v, track, w in faces}.values():  # frames, once
-        tracks[track.id] = track
-        length[track.id] += 1
-    near = [policy.p(v) for _, v, _, _ in faces if v.size >= cfg.allow_size]
+    for (_, tid), track in {(i, track.id): track for i, _, track, *_ in faces}.items():  # each frame of a track once
+        tracks[tid] = track
+        length[tid] += 1
+    near = [policy.p(v) for _, v, *_ in faces if v.size >= cfg.allow_size]
     main = tracks[max(length, key=lambda k: length[k])] if tracks else None
     # A track that denied a masked visitor (a second, odd box on the head, say) explains more than the longest one.
     shown = next((tr for tr in tracks.values() if tr.state in DENIED), main) if label == "with_mask" else main
     person = Person(label, n_frames, len({i for i, *_ in faces}), len(tracks), max(length.values(), default=0),
-                    sum(w > 0 for *_, w in faces),
-                    round(sum(w for _, v, _, w in faces if policy.weight(v)[1]), 3),
-                    round(sum(w for _, v, _, w in faces if not policy.weight(v)[1]), 3),
+                    sum(w > 0 for *_, w, _ in faces),
+                    round(sum(w for *_, w, flagged in faces if flagged), 3),
+                    round(sum(w for *_, w, flagged in faces if not flagged), 3),
                     len(near), round(float(np.mean(near)), 3) if near else None,
-                    round(max((v.size for _, v, _, _ in faces), default=0.0), 1),
+                    round(max((v.size for _, v, *_ in faces), default=0.0), 1),
                     shown.state if shown else UNKNOWN, settled_by.get(shown.id) if shown else None, "")
     person.rule = _rule(person, label, shown, tracks, policy, outcome)
     return person
