@@ -65,7 +65,7 @@ def run_ours(files: list[Path], threads: int, model_path: Path | None = None) ->
             raise ValueError(f"{path}: unreadable image")
         found = detector.detect(image)
         t2 = time.perf_counter()
-        probs = model.classify_all(image, [f.box for f in found])
+        probs = model.classify_all(image, [f.box for f in found], [f.landmarks for f in found])
         p = model.not_masked(probs)
         t3 = time.perf_counter()
         incorrect = model.card.incorrect_index  # the appliance's labels and p_incorrect_mask, as Pipeline gives them

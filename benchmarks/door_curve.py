@@ -95,8 +95,10 @@ def truth_of_crops(folder: Path, labels_csv: Path, photos: list[str], cfg: confi
         image = read_bgr(Path(photo))
         if image is None:
             continue
-        boxes = [f.box for f in detector.detect(image)]
-        for box, crop in zip(boxes, crop_faces(image, boxes, card.crop, card.input_size), strict=True):
+        found = detector.detect(image)
+        boxes = [f.box for f in found]
+        crops = crop_faces(image, boxes, card.crop, card.input_size, [f.landmarks for f in found])
+        for box, crop in zip(boxes, crops, strict=True):
             keys.append(_key(crop))
             owners.append((photo, box))
     bank = np.stack(keys)

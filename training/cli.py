@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from appliance import cliparse
+from training.data import SCENE_BOXES
 from training.train import DOOR_SHARE, INIT_EPOCHS, INIT_LEARNING_RATE, TrainConfig
 
 PROG = "mask-train"
@@ -46,7 +47,8 @@ def _train_parser(family: cliparse.Family, export: bool = False) -> None:
     p.add_argument("--patience", type=int, default=d.patience)
     p.add_argument("--threshold", type=float, default=d.threshold,
                    help="p(not properly masked) at which a face is flagged (default: chosen on the first scene "
-                        "source's validation part: lowest FNR with TNR >= 0.97; 0.5 without a scene source)")
+                        "source's validation part: lowest FNR with TNR >= 0.97 "
+                        "and, where it has incorrect masks, at least 0.80 of them stopped; 0.5 without a scene source)")
     p.add_argument("--threshold-scenes", type=Path,
                    help="choose the threshold on this scene set's validation part (labels.csv; not trained on), "
                         "e.g. the set the door's model chose its threshold on, instead of the first scene source's")
@@ -59,10 +61,18 @@ def _train_parser(family: cliparse.Family, export: bool = False) -> None:
     p.add_argument("--made-incorrect", type=int, default=d.made_incorrect, metavar="N",
                    help="add N incorrect_mask faces made from the training parts: unmasked faces wearing masked "
                         "faces' masks under the nose (training/synth.py; default 0)")
+    p.add_argument("--scene-boxes", choices=SCENE_BOXES, default=d.scene_boxes,
+                   help="cut a scene set's faces from its labelled boxes, from the detector's boxes paired with them "
+                        "(what the door cuts; its validation part too), or both (default labelled)")
     p.add_argument("--no-augment", dest="augment", action="store_false",
                    help="train on the crops as they are (no augmentation)")
     p.add_argument("--crop-margin", type=float, default=d.crop_margin,
                    help="how much a detected face box grows on each side before it is classified")
+    p.add_argument("--crop-align", action="store_true", default=d.crop_align,
+                   help="cut faces aligned by their five YuNet landmarks (turned upright and scaled onto a fixed "
+                        "template) instead of as squared boxes, in training and, through the card, at the door; "
+                        "faces without usable landmarks keep the box crop (default off; with --init, as that "
+                        "model's card says)")
     p.add_argument("--calibration-samples", type=int, default=d.calibration_samples)
     p.add_argument("--io-dtype", choices=["int8", "uint8"], default=d.io_dtype)
     p.add_argument("--float16", action="store_true", help="also write a float16 variant")

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from appliance.seeing.card import LABELS, LABELS_2, Crop
-from appliance.seeing.imaging import IMAGE_SUFFIXES, pad_to_square, read_bgr
+from appliance.seeing.imaging import IMAGE_SUFFIXES, aligned_crop, pad_to_square, read_bgr, usable_landmarks
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +29,7 @@ class CropSet:
     labels: np.ndarray  # N, int (index into LABELS)
     paths: list[str]
     skipped: list[str] = field(default_factory=list)  # unreadable files, "path: reason"
+    aligned: int | None = None  # as loaded: how many crops were cut aligned by landmarks (None: not asked for)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -66,8 +67,10 @@ def list_crops(root: Path) -> list[tuple[Path, int]]:
     return items
 
 
-def load_crops(root: Path, size: int) -> CropSet:
-    """Read every crop under root/<label>/ padded square and resized to size; skip and list what cannot be read."""
+def load_crops(root: Path, size: int, align: bool = False) -> CropSet:
+    """Read every crop under root/<label>/ padded square and resized to size; skip and list what cannot be read.
+    With `align`, each padded crop in which YuNet finds a face with usable landmarks is aligned by them
+    (imaging.aligned_crop, as the door cuts an aligned model's faces); the others stay as they are."""
     from tqdm import tqdm
 
     images, labels, paths, skipped = [], [], [], []
@@ -89,33 +92,95 @@ def load_crops(root: Path, size: int) -> CropSet:
     for index, label in enumerate(LABELS):
         if (label in LABELS_2 or (Path(root) / label).exists()) and not (labels_arr == index).any():
             raise DataError(f"{Path(root) / label}: class {label!r} has no readable images")
-    return CropSet(np.stack(images), labels_arr, paths, skipped)
+    crops = CropSet(np.stack(images), labels_arr, paths, skipped)
+    return _aligned(crops, root) if align else crops
 
 
-def load_scene_crops(labels_csv: Path, photos: list[str], size: int, crop: Crop) -> CropSet:
-    """Every labelled face of `photos` (paths as split_scenes gives them) cut from its labelled box exactly as the
-    appliance cuts a detected box (the card's crop), RGB. `paths` name the photo and the box."""
+def _aligned(crops: CropSet, root: Path) -> CropSet:
+    """`crops` (just read: changed in place) with each one whose own landmarks (YuNet on the crop itself) are usable
+    replaced by its aligned crop."""
+    from training.synth import landmarks  # synth imports this module
+
+    size = crops.images.shape[1]
+    aligned = 0
+    for i, lm in enumerate(landmarks(crops.images)):
+        if usable_landmarks(lm, (0, 0, size, size)):
+            crops.images[i] = aligned_crop(crops.images[i], lm, size)
+            aligned += 1
+    log.info("%s: %d crops aligned by their landmarks, %d kept padded (no usable landmarks found)", root, aligned,
+             len(crops) - aligned)
+    crops.aligned = aligned
+    return crops
+
+
+# Which boxes a scene set's faces are cut from (--scene-boxes). "labelled": the set's own boxes. "detected": the
+# detector's box paired with each labelled face (IoU > DETECTED_IOU; the labelled box where none is), which is what
+# the door cuts, whatever convention the set was labelled by. "both": every labelled box, and the detected ones too.
+# With an aligned crop (Crop.align) the paired detection's landmarks cut the face whatever the choice; "both" then
+# cuts the labelled box by the box, else it would give the same aligned crop twice.
+SCENE_BOXES = ("labelled", "detected", "both")
+DETECTED_IOU = 0.3
+
+
+def load_scene_crops(labels_csv: Path, photos: list[str], size: int, crop: Crop, boxes: str = "labelled") -> CropSet:
+    """Every labelled face of `photos` (paths as split_scenes gives them) cut as the appliance cuts a detected box
+    (the card's crop), RGB, from the boxes `boxes` names (SCENE_BOXES). `paths` name the photo and the box. With
+    `crop.align`, a face paired with a detection is cut aligned by that detection's landmarks, the others by box."""
     from appliance.seeing.classifier import crop_faces
 
+    if boxes not in SCENE_BOXES:
+        raise DataError(f"scene boxes {boxes!r}: expected one of {', '.join(SCENE_BOXES)}")
+    detector = _photo_detector() if boxes != "labelled" or crop.align else None
     by_image = read_scene_labels(labels_csv)
     images: list = []
     labels: list[int] = []
     paths: list[str] = []
     skipped: list[str] = []
+    aligned = 0
     for photo in photos:
         faces = by_image.get(photo, [])
         bgr = read_bgr(Path(photo))
         if bgr is None:
             skipped.append(f"{photo}: unreadable or corrupt image")
             continue
-        images.append(crop_faces(bgr, [f.box for f in faces], crop, size))
-        labels.extend(f.label for f in faces)
-        paths.extend(f"{photo}#{','.join(str(round(v)) for v in f.box)}" for f in faces)
+        cut: list[tuple] = [(f.box, f.label, ()) for f in faces]
+        if detector is not None:
+            cut = _detected_cuts(bgr, faces, detector, boxes)
+        images.append(crop_faces(bgr, [box for box, _, _ in cut], crop, size, [lm for _, _, lm in cut]))
+        labels.extend(label for _, label, _ in cut)
+        paths.extend(f"{photo}#{','.join(str(round(v)) for v in box)}" for box, _, _ in cut)
+        aligned += sum(usable_landmarks(lm, box) for box, _, lm in cut) if crop.align else 0
     for line in skipped:
         log.warning("skipped %s", line)
     if not labels:
         raise DataError(f"{labels_csv}: no readable labelled faces")
-    return CropSet(np.concatenate(images), np.array(labels, dtype=np.int64), paths, skipped)
+    if crop.align:
+        log.info("%s: %d faces cut aligned by their detection's landmarks, %d by their box", labels_csv, aligned,
+                 len(labels) - aligned)
+    return CropSet(np.concatenate(images), np.array(labels, dtype=np.int64), paths, skipped,
+                   aligned if crop.align else None)
+
+
+def _photo_detector():
+    from appliance.config import DetectorConfig
+    from appliance.seeing.detector import make_detector
+
+    return make_detector(DetectorConfig(), photos=True)
+
+
+def _detected_cuts(bgr: np.ndarray, faces: list[LabelledFace], detector, boxes: str) -> list[tuple]:
+    """(box, label, landmarks) to cut for each labelled face: with a paired detection, its landmarks and the box
+    `boxes` names (for "both", the labelled box without landmarks as well); without one, the labelled box alone."""
+    from appliance.boxes import pair
+
+    found = detector.detect(bgr)
+    cuts: list[tuple] = []
+    for face, j in zip(faces, pair([f.box for f in faces], [f.box for f in found], DETECTED_IOU), strict=True):
+        if j is None or boxes == "both":
+            cuts.append((face.box, face.label, ()))
+        if j is not None:
+            cuts.append((face.box if boxes == "labelled" else found[j].box, face.label, found[j].landmarks))
+    return cuts
 
 
 def file_hash(paths: list[Path]) -> str:

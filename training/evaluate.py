@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from appliance.deciding.policy import iou
+from appliance.boxes import pair
 from appliance.seeing.card import LABELS
 from appliance.seeing.imaging import read_bgr
 from training import report
@@ -38,17 +38,8 @@ def match(truth: list[LabelledFace], detections: list[tuple[tuple, float]],
           min_iou: float = MATCH_IOU) -> list[float | None]:
     """For each labelled face, p of the detection matched to it (IoU > min_iou, one to one, best overlap first),
     else None."""
-    pairs = sorted(((iou(t.box, d[0]), i, j) for i, t in enumerate(truth) for j, d in enumerate(detections)),
-                   reverse=True)
-    out: list[float | None] = [None] * len(truth)
-    used: set[int] = set()
-    for overlap, i, j in pairs:
-        if overlap <= min_iou:
-            break
-        if out[i] is None and j not in used:
-            out[i] = detections[j][1]
-            used.add(j)
-    return out
+    paired = pair([t.box for t in truth], [d[0] for d in detections], min_iou)
+    return [None if j is None else detections[j][1] for j in paired]
 
 
 Detections = dict[str, list[tuple[tuple[float, float, float, float], float]]]  # image path -> [(box, p)]

@@ -68,6 +68,13 @@ class TrainConfig:
     threshold: float | None = None  # None: chosen by the door's rule on the first scene source's validation part
     threshold_scenes: Path | None = None  # a scene set to choose it on instead (its validation part), not trained on
     crop_margin: float = Crop().margin
+    # Faces cut aligned by their five landmarks (Crop.align): crop folders by YuNet's landmarks on each crop, scene
+    # sets by those of the detection paired with each labelled face; the card then tells the door to cut so too.
+    crop_align: bool = False
+    # A scene set's faces cut from its labelled boxes, the detector's, or both (training.data.SCENE_BOXES). With the
+    # detector's, the validation parts are cut from the detector's boxes too: the threshold is then chosen on what
+    # the door sees.
+    scene_boxes: str = "labelled"
     calibration_samples: int = 300
     io_dtype: str = "int8"
     float16: bool = False
@@ -103,10 +110,15 @@ class Source:
     skipped: list[str] = field(default_factory=list)
 
 
+def _crop(cfg: TrainConfig) -> Crop:
+    """The crop the run cuts its faces with, and its card tells the door to."""
+    return Crop(margin=cfg.crop_margin, align=cfg.crop_align)
+
+
 def _crop_source(path: Path, cfg: TrainConfig) -> Source:
-    crops = load_crops(path, cfg.input_size)
+    crops = load_crops(path, cfg.input_size, cfg.crop_align)
     if cfg.test_data:
-        train_set, val_set = crops, load_crops(cfg.test_data, cfg.input_size)
+        train_set, val_set = crops, load_crops(cfg.test_data, cfg.input_size, cfg.crop_align)
         how = f"validation from {cfg.test_data}"
     else:
         train_idx, val_idx = stratified_split(crops.labels, cfg.val_fraction, cfg.seed)
@@ -114,6 +126,8 @@ def _crop_source(path: Path, cfg: TrainConfig) -> Source:
         how = f"stratified {cfg.val_fraction:.0%}, seed {cfg.seed}"
     info = {"kind": "crops", "path": str(path), "sha256": content_hash(crops), "counts": crops.counts(),
             "skipped": len(crops.skipped), "split": how}
+    if cfg.crop_align:
+        info["aligned"] = crops.aligned  # the others (no usable landmarks found on the crop) stay padded crops
     return Source(path.name, train_set, val_set, info, crops.skipped)
 
 
@@ -121,9 +135,9 @@ def _scene_source(path: Path, cfg: TrainConfig) -> Source:
     from training.splits import DEFAULT_SEED, DEFAULT_VAL_FRACTION, split_scenes
 
     train_photos, val_photos = split_scenes(path)
-    crop = Crop(margin=cfg.crop_margin)
-    train_set = load_scene_crops(path, train_photos, cfg.input_size, crop)
-    val_set = load_scene_crops(path, val_photos, cfg.input_size, crop)
+    crop = _crop(cfg)
+    train_set = load_scene_crops(path, train_photos, cfg.input_size, crop, cfg.scene_boxes)
+    val_set = load_scene_crops(path, val_photos, cfg.input_size, crop, _val_boxes(cfg))
     photos = sorted(train_photos + val_photos)
     info = {"kind": "scenes", "path": str(path),
             "sha256": file_hash([path, *map(Path, photos)]),  # the labels file, then every photo in name order
@@ -132,10 +146,16 @@ def _scene_source(path: Path, cfg: TrainConfig) -> Source:
             "skipped": len(train_set.skipped) + len(val_set.skipped),
             "split": f"by photo and near-duplicate group (training.splits), {DEFAULT_VAL_FRACTION:.0%} of photos, "
                      f"seed {DEFAULT_SEED}",
-            "crop": asdict(crop)}
+            "crop": crop.to_dict(), "boxes": {"train": cfg.scene_boxes, "validation": _val_boxes(cfg)}}
+    if crop.align:
+        info["aligned"] = (train_set.aligned or 0) + (val_set.aligned or 0)  # the others: no paired detection
     if (path.parent / label.STATE_FILE).is_file():
         info["kind"] = "door"  # labels the labelling page wrote: a door's own crops, held-back part for the gate
     return Source(path.parent.name, train_set, val_set, info, train_set.skipped + val_set.skipped)
+
+
+def _val_boxes(cfg: TrainConfig) -> str:
+    return "labelled" if cfg.scene_boxes == "labelled" else "detected"
 
 
 def _made_source(cfg: TrainConfig, train: CropSet) -> Source:
@@ -256,7 +276,7 @@ def _validation_source(cfg: TrainConfig) -> Source:
     if not path.is_file():
         raise DataError(f"--threshold-scenes {path}: scene labels not found")
     _, val_photos = split_scenes(path)
-    val = load_scene_crops(path, val_photos, cfg.input_size, Crop(margin=cfg.crop_margin))
+    val = load_scene_crops(path, val_photos, cfg.input_size, _crop(cfg), _val_boxes(cfg))
     return Source(path.parent.name, val, val, {"kind": "scenes", "path": str(path)})
 
 
@@ -383,7 +403,10 @@ def start_from(cfg: TrainConfig) -> Init:
         if cfg.classes is not None and cfg.classes != len(card.labels):
             raise DataError(f"--init {path}: it has {len(card.labels)} classes, not --classes {cfg.classes}")
         door_model = path
-        fixes["crop_margin"] = card.crop.margin
+        fixes.update(crop_margin=card.crop.margin, crop_align=card.crop.align)  # its inputs are cut so
+        if cfg.crop_align != card.crop.align:
+            log.warning("--init %s: its card says crop.align %s: this run cuts its faces so too", path,
+                        str(card.crop.align).lower())
         kept = card.training.get("keras") or {}
         checkpoint = path.with_name(str(kept.get("file", ""))) if kept else None
         # The class weighting it was trained with: fine-tuning under another would pull it toward other classes.
@@ -507,7 +530,7 @@ def _finish(cfg: TrainConfig, model, sources: list[Source], train_set: CropSet, 
                              validation=sources[0].info["split"])
     model_path = out / cfg.model_name
     card, parity = export(model, model_path, calib, val_set.images, val_set.labels,
-                          threshold=pick_threshold, crop=Crop(margin=cfg.crop_margin), training=training_info,
+                          threshold=pick_threshold, crop=_crop(cfg), training=training_info,
                           io_dtype=cfg.io_dtype, min_agreement=cfg.min_agreement)
     tflite = MaskClassifier(model_path)
     threshold = card.threshold
@@ -535,7 +558,7 @@ def _finish(cfg: TrainConfig, model, sources: list[Source], train_set: CropSet, 
     card.save(model_path.with_suffix(".json"))
     if cfg.float16:
         export(model, out / cfg.model_name.replace(".tflite", "_fp16.tflite"), calib, val_set.images,
-               val_set.labels, threshold=threshold, crop=Crop(margin=cfg.crop_margin), training=training_info,
+               val_set.labels, threshold=threshold, crop=_crop(cfg), training=training_info,
                float16=True, min_agreement=cfg.min_agreement)
 
     if histories:

@@ -64,7 +64,9 @@ class Emitter:
             box = r.face.box
             wanted = lo <= r.p_without_mask <= hi or track.disagreed
             # Only a face the collector may take is cropped: collection must not slow the loop.
-            crop = crop_faces(frame.image, [box], model.card.crop, model.input_size)[0] if wanted else _NO_CROP
+            # The crop the model judged: aligned by the face's landmarks when the card says so.
+            crop = (crop_faces(frame.image, [box], model.card.crop, model.input_size, [r.face.landmarks])[0]
+                    if wanted else _NO_CROP)
             self.collector.offer(crop, {
                 "time": time.time(), "p_without_mask": r.p_without_mask, "p_incorrect_mask": r.p_incorrect_mask,
                 "label": r.label, "decision": decision.state, "model_sha256": model.sha256,

@@ -45,10 +45,20 @@ class Tensor:
 @dataclass(frozen=True)
 class Crop:
     """How a face box becomes a classifier input: grown by `margin` of its size on each side, squared around its
-    centre, padded with edge pixels where it leaves the frame, then resized (never stretched)."""
+    centre, padded with edge pixels where it leaves the frame, then resized (never stretched). With `align`, a face
+    with usable landmarks is instead turned upright and scaled onto a fixed five-point template
+    (imaging.aligned_crop, framed like the square crop of a YuNet box); the others are still cut by their box."""
 
     margin: float = 0.15
     square: bool = True
+    align: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        """As a card writes it: `align` only when on, so a card of a box-crop model reads as it always did."""
+        d = asdict(self)
+        if not self.align:
+            del d["align"]
+        return d
 
 
 @dataclass(frozen=True)
@@ -84,7 +94,8 @@ class ModelCard:
         return self.labels.index(INCORRECT) if INCORRECT in self.labels else None
 
     def to_json(self) -> str:
-        return json.dumps(finite(asdict(self)), indent=2, sort_keys=False, allow_nan=False) + "\n"
+        d = {**asdict(self), "crop": self.crop.to_dict()}  # same key order: crop stays where asdict put it
+        return json.dumps(finite(d), indent=2, sort_keys=False, allow_nan=False) + "\n"
 
     def save(self, path: Path) -> None:
         Path(path).write_text(self.to_json())
@@ -142,4 +153,6 @@ def load_card(path: Path) -> ModelCard:
         raise CardError(f"{path}: labels {list(card.labels)} are not {list(LABELS_2)} or {list(LABELS)}")
     if not 0.0 < card.threshold < 1.0:
         raise CardError(f"{path}: threshold {card.threshold} is not between 0 and 1")
+    if not isinstance(card.crop.align, bool):  # "false" or 0 would read as a choice nobody made
+        raise CardError(f"{path}: crop.align {card.crop.align!r} is not true or false")
     return card

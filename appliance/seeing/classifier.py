@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 
 from appliance.seeing.card import Crop, ModelCard, card_path_for, load_card
-from appliance.seeing.imaging import square_crop
+from appliance.seeing.imaging import aligned_crop, square_crop, usable_landmarks
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +36,14 @@ def interpreter_class():
     return Interpreter
 
 
-def crop_faces(frame_bgr: np.ndarray, boxes, crop: Crop, size: int) -> np.ndarray:
-    """N x size x size x 3 RGB crops of `boxes` from a BGR frame, squared and padded as the card says."""
-    crops = [square_crop(frame_bgr, tuple(b), crop.margin, size) for b in boxes]
+def crop_faces(frame_bgr: np.ndarray, boxes, crop: Crop, size: int, landmarks=None) -> np.ndarray:
+    """N x size x size x 3 RGB crops of `boxes` from a BGR frame, squared and padded as the card says. With the
+    card's `crop.align`, a box whose `landmarks` (one entry per box: the Face's five points, or () for none) are
+    usable is cut aligned instead; the others, and every box where no landmarks are given, by the box."""
+    if landmarks is None or not crop.align:
+        landmarks = [()] * len(boxes)
+    crops = [aligned_crop(frame_bgr, lm, size) if usable_landmarks(lm, b) else
+             square_crop(frame_bgr, tuple(b), crop.margin, size) for b, lm in zip(boxes, landmarks, strict=True)]
     if not crops:
         return np.zeros((0, size, size, 3), np.uint8)
     return cv2.cvtColor(np.concatenate(crops, axis=0), cv2.COLOR_BGR2RGB).reshape(len(crops), size, size, 3)
@@ -135,13 +140,14 @@ class MaskClassifier:
         """p(not properly masked) for each crop."""
         return self.not_masked(self.predict_all(crops_rgb))
 
-    def classify_all(self, frame_bgr: np.ndarray, boxes) -> np.ndarray:
-        """N x classes probabilities for each box of a BGR frame."""
-        return self.predict_all(crop_faces(frame_bgr, boxes, self.card.crop, self.card.input_size))
+    def classify_all(self, frame_bgr: np.ndarray, boxes, landmarks=None) -> np.ndarray:
+        """N x classes probabilities for each box of a BGR frame (with each face's landmarks, where the detector
+        gave them: an aligned model's card uses them)."""
+        return self.predict_all(crop_faces(frame_bgr, boxes, self.card.crop, self.card.input_size, landmarks))
 
-    def classify(self, frame_bgr: np.ndarray, boxes) -> np.ndarray:
-        """p(not properly masked) for each box of a BGR frame."""
-        return self.not_masked(self.classify_all(frame_bgr, boxes))
+    def classify(self, frame_bgr: np.ndarray, boxes, landmarks=None) -> np.ndarray:
+        """p(not properly masked) for each box of a BGR frame (and its landmarks, as classify_all)."""
+        return self.not_masked(self.classify_all(frame_bgr, boxes, landmarks))
 
 
 def load_model(path: Path, threads: int) -> MaskClassifier:

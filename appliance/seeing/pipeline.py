@@ -168,7 +168,7 @@ class Pipeline:
         if not faces:
             return []
         model = self.classifier
-        probs = model.classify_all(frame.image, [f.box for f in faces])
+        probs = model.classify_all(frame.image, [f.box for f in faces], [f.landmarks for f in faces])
         p_not = model.not_masked(probs)
         incorrect = model.card.incorrect_index
         return [FaceResult(f, float(p), label_of(row, model.labels, float(p), self.threshold),
