@@ -69,9 +69,28 @@ def photo_sides(cfg: DetectorConfig) -> tuple[int, ...]:
     return (first, second) if second > first else (first,)
 
 
+# A photo from a phone or a high-resolution camera (4000 px) shrunk to 1024 shows a 32 px face at 8 px, below what
+# YuNet finds. Over TILE_ABOVE times the last look's size (a 32 px face under 21 px there), a still photo is also
+# looked at unshrunk, in tiles of that size overlapping by TILE_OVERLAP of it: a face up to that size (256 px at
+# 1024) lies whole in some tile, and a larger one is big enough for the shrunk looks.
+TILE_ABOVE, TILE_OVERLAP = 1.5, 0.25
+# A YuNet row: x, y, width, height, five landmarks' (x, y), score; the columns that move with a tile's origin.
+_XS, _YS = [0, 4, 6, 8, 10, 12], [1, 5, 7, 9, 11, 13]
+
+
+def tile_starts(length: int, tile: int) -> list[int]:
+    """Where tiles of `tile` px start along a side of `length` px, overlapping by TILE_OVERLAP, the last one flush
+    with the end."""
+    if length <= tile:
+        return [0]
+    step = tile - int(tile * TILE_OVERLAP)
+    return [*range(0, length - tile, step), length - tile]
+
+
 class YuNetDetector:
     """YuNet. A frame is shrunk to at most `max_side` px. With `photos`, a still photo is shrunk to at most the first
-    of `photo_sides`, and a photo larger than that is looked at again shrunk to at most the second; the faces of both
+    of `photo_sides`, and a photo larger than that is looked at again shrunk to at most the second; with
+    `photo_tiles`, a photo much larger still is also looked at unshrunk, in tiles of the second size. The faces of all
     looks are merged (non-maximum suppression at `nms_threshold`)."""
 
     def __init__(self, cfg: DetectorConfig, photos: bool = False):
@@ -79,11 +98,18 @@ class YuNetDetector:
         self.sides = photo_sides(cfg) if photos else (cfg.max_side,)
         # One network per look, each keeping its own input size (setInputSize rebuilds YuNet's anchors).
         self._looks = [_YuNetLook(cfg) for _ in self.sides]
+        self._tile_look = _YuNetLook(cfg) if photos and cfg.photo_tiles else None
 
     def detect(self, frame_bgr: np.ndarray) -> list[Face]:
         rows = self._looks[0].rows(frame_bgr, self.sides[0])
-        if len(self.sides) == 2 and max(frame_bgr.shape[:2]) > self.sides[0]:  # else the second look is the first
-            rows = _merge(np.concatenate([rows, self._looks[1].rows(frame_bgr, self.sides[1])]), self.cfg)
+        longest = max(frame_bgr.shape[:2])
+        more = []
+        if len(self.sides) == 2 and longest > self.sides[0]:  # else the second look is the first
+            more.append(self._looks[1].rows(frame_bgr, self.sides[1]))
+        if self._tile_look is not None and longest > TILE_ABOVE * self.sides[-1]:
+            more.append(self._tiled(frame_bgr, self.sides[-1]))
+        if more:
+            rows = _merge(np.concatenate([rows, *more]), self.cfg)
         faces = []
         for row in rows:
             x, y, w, h = (float(v) for v in row[:4])
@@ -92,6 +118,25 @@ class YuNetDetector:
             if face.size >= self.cfg.min_face:
                 faces.append(face)
         return sorted(faces, key=lambda f: -f.score)[: self.cfg.top_k]
+
+    def _tiled(self, frame_bgr: np.ndarray, tile: int) -> np.ndarray:
+        """Rows of faces found in unshrunk tiles of the frame, in frame pixels. A face touching a tile's edge inside
+        the frame is cut by it and left out: the overlap shows it whole in the next tile."""
+        assert self._tile_look is not None
+        h, w = frame_bgr.shape[:2]
+        found = []
+        for y in tile_starts(h, tile):
+            for x in tile_starts(w, tile):
+                rows = self._tile_look.rows(frame_bgr[y:y + tile, x:x + tile], tile)
+                th, tw = min(tile, h - y), min(tile, w - x)
+                x1, y1, x2, y2 = rows[:, 0], rows[:, 1], rows[:, 0] + rows[:, 2], rows[:, 1] + rows[:, 3]
+                cut = (((x1 <= 1) & (x > 0)) | ((y1 <= 1) & (y > 0)) | ((x2 >= tw - 1) & (x + tw < w))
+                       | ((y2 >= th - 1) & (y + th < h)))
+                rows = rows[~cut]
+                rows[:, _XS] += x
+                rows[:, _YS] += y
+                found.append(rows)
+        return np.concatenate(found) if found else np.zeros((0, 15), np.float32)
 
 
 def _merge(rows: np.ndarray, cfg: DetectorConfig) -> np.ndarray:
