@@ -433,7 +433,8 @@ CARD_NOTES = {  # tests/test_docs.py checks that every key of the shipped card h
     "output": "the output tensor's dtype and quantization",
     "labels": "the classes in output order (two or three)",
     "color": "the channel order the model was trained on",
-    "crop": "how a face box becomes the crop: `margin` added on each side, `square`",
+    "crop": "how a face box becomes the crop: `margin` added on each side, `square`; `align: true` (only a model "
+            "trained with `--crop-align`) cuts faces aligned by their five landmarks instead",
     "threshold": "p(not properly masked) at which a face is flagged, unless `[classifier] threshold` overrides it",
     "training": "how it was made: every data source with its sha256 and counts, the split, class weights, "
                 "augmentation, base weights, epochs run, the float model it was exported from, the run's settings",
