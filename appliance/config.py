@@ -71,8 +71,10 @@ class DetectorConfig:
     kind: Literal["yunet", "ssd"] = opt("yunet", "face detector: yunet (cv2.FaceDetectorYN) or ssd (res10 SSD)")
     score_threshold: float = opt(0.5, "lowest detector score that counts as a face", 0.05, 0.99)
     nms_threshold: float = opt(0.3, "IoU above which overlapping detections are merged", 0.05, 0.95)
-    top_k: int = opt(50, "most faces kept per frame, the best scored (after overlapping detections are merged)", 1,
-                     5000)
+    top_k: int = opt(50, "most faces kept per frame of the door's loop, the best scored (after overlapping "
+                     "detections are merged)", 1, 5000)
+    photo_top_k: int = opt(1000, "most faces kept per still photo (mask-appliance detect, scoring on labelled "
+                           "photos): a crowd in a large photo has more faces than a door's frame", 1, 100000)
     max_side: int = opt(480, "frames (camera, video, run on an image folder) are shrunk so their longer side is at "
                         "most this before detection", 64, 4096)
     photo_sides: tuple[int, int] = opt((640, 1024), "still photos (mask-appliance detect, scoring on labelled "

@@ -1,6 +1,7 @@
 """Still photos from a high-resolution camera: the faces found with and without [detector] photo_tiles.
 
     python benchmarks/tiles.py [--scenes ../shared/datasets/scenes-ilc/labels.csv] [--part validation] [--grid 4]
+                               [--crowded N] [--photo-top-k K]
 
 The scene sets' photos are at most 1280 px, so a large photo is made: the photos of the part, --grid x --grid at a
 time, each unshrunk in a cell of one photo as large as the part's largest photo (scenes-ilc: 1024 px, so 4096 px at
@@ -8,6 +9,8 @@ time, each unshrunk in a cell of one photo as large as the part's largest photo 
 their own sizes, as in a wide shot from such a camera, while the detector's shrunk looks see them --grid times
 smaller. Prints, for photo_tiles off and on, the share of labelled faces of 32 px or more found (IoU > 0.3 with a
 detection), the detections paired with no such face (other faces, smaller ones, or none), and the seconds taken.
+--crowded N takes only the part's N photos with the most such faces (a crowd); --photo-top-k sets [detector]
+photo_top_k, the most faces a photo keeps.
 """
 
 from __future__ import annotations
@@ -35,12 +38,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenes", type=Path, default=REPO.parent / "shared/datasets/scenes-ilc/labels.csv")
     parser.add_argument("--part", choices=("all", "train", "validation"), default="validation")
     parser.add_argument("--grid", type=int, default=4)
+    parser.add_argument("--crowded", type=int, help="only the N photos with the most faces of 32 px or more")
+    parser.add_argument("--photo-top-k", type=int, default=DetectorConfig().photo_top_k)
     args = parser.parse_args(argv)
     photos = list(scene_part(read_scene_labels(args.scenes), args.scenes, args.part).items())
+    if args.crowded:
+        photos = sorted(photos, key=lambda item: -sum(f.size >= 32 for f in item[1]))[: args.crowded]
     n = args.grid
     images = {path: read_bgr(Path(path)) for path, _ in photos}
     cell = max(max(image.shape[:2]) for image in images.values() if image is not None)
-    detectors = {tiles: make_detector(replace(DetectorConfig(), photo_tiles=tiles), photos=True)
+    cfg = replace(DetectorConfig(), photo_top_k=args.photo_top_k)
+    detectors = {tiles: make_detector(replace(cfg, photo_tiles=tiles), photos=True)
                  for tiles in (False, True)}
     found = dict.fromkeys(detectors, 0)
     other = dict.fromkeys(detectors, 0)
@@ -64,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
             paired = sum(j is not None for j in pair(boxes, [d.box for d in detections], 0.3))
             found[tiles] += paired
             other[tiles] += len(detections) - paired
-    print(f"{args.scenes} ({args.part}) as {n}x{n} photos of {n * cell} px: {total} labelled faces >= 32 px")
+    print(f"{args.scenes} ({args.part}) as {n}x{n} photos of {n * cell} px: {total} labelled faces >= 32 px "
+          f"(photo_top_k {args.photo_top_k})")
     for tiles in detectors:
         print(f"  photo_tiles {str(tiles).lower():5s}: found {found[tiles] / total:.3f} ({found[tiles]}), "
               f"other detections {other[tiles]}, {seconds[tiles]:.1f} s")

@@ -173,15 +173,25 @@ def test_a_large_photo_is_also_looked_at_unshrunk_in_tiles(looks):
     # A 2048x1152 photo (four copies of a 1024x576 crowd): shrunk to 1024 its faces are half their size and YuNet
     # misses many; the tiles look at them at their own size.
     image, truth = _mosaic(SECOND_LOOK[0])
-    tiled = make_detector(_cfg(top_k=200), photos=True).detect(image)
+    tiled = make_detector(_cfg(top_k=10), photos=True).detect(image)  # top_k is the door's frames' cap
     assert looks == [640, 1024] + [1024] * 6  # tiles at x 0, 768, 1024 and y 0, 128
-    untiled = make_detector(_cfg(top_k=200, photo_tiles=False), photos=True).detect(image)
+    untiled = make_detector(_cfg(photo_tiles=False), photos=True).detect(image)
     found = [sum(p is not None for p in match(truth, [(f.box, 1.0) for f in faces], 0.3))
              for faces in (untiled, tiled)]
     assert len(truth) == 48 and found[0] <= 30 and found[1] >= 42  # 27 and 44 of 48 (OpenCV 4.14 and 5.1)
     assert all(0 <= f.box[0] < f.box[2] <= 2048 and 0 <= f.box[1] < f.box[3] <= 1152 for f in tiled)
     # a face cut by a tile's edge is left to the tile that holds it whole: no face found twice over a seam
     assert sum(iou(a.box, b.box) > 0.5 for i, a in enumerate(tiled) for b in tiled[i + 1:]) == 0
+
+
+def test_a_photo_keeps_photo_top_k_faces_and_a_frame_top_k():
+    image, _ = _mosaic(SECOND_LOOK[0])
+    photo = make_detector(_cfg(top_k=10), photos=True).detect(image)
+    assert len(photo) >= 42  # the crowd of the test above, every face kept
+    capped = make_detector(_cfg(photo_top_k=20), photos=True).detect(image)
+    assert [f.box for f in capped] == [f.box for f in sorted(photo, key=lambda f: -f.score)[:20]]
+    assert len(make_detector(_cfg()).detect(image)) > 3  # a frame is shrunk to 480 px: fewer faces found
+    assert len(make_detector(_cfg(top_k=3)).detect(image)) == 3
 
 
 def test_tiles_only_for_photos_well_over_the_second_look(looks):

@@ -96,6 +96,7 @@ class YuNetDetector:
     def __init__(self, cfg: DetectorConfig, photos: bool = False):
         self.cfg = cfg
         self.sides = photo_sides(cfg) if photos else (cfg.max_side,)
+        self.top_k = cfg.photo_top_k if photos else cfg.top_k
         # One network per look, each keeping its own input size (setInputSize rebuilds YuNet's anchors).
         self._looks = [_YuNetLook(cfg) for _ in self.sides]
         self._tile_look = _YuNetLook(cfg) if photos and cfg.photo_tiles else None
@@ -117,7 +118,7 @@ class YuNetDetector:
                         tuple((float(row[i]), float(row[i + 1])) for i in range(4, 14, 2)))
             if face.size >= self.cfg.min_face:
                 faces.append(face)
-        return sorted(faces, key=lambda f: -f.score)[: self.cfg.top_k]
+        return sorted(faces, key=lambda f: -f.score)[: self.top_k]
 
     def _tiled(self, frame_bgr: np.ndarray, tile: int) -> np.ndarray:
         """Rows of faces found in unshrunk tiles of the frame, in frame pixels. A face touching a tile's edge inside
@@ -195,6 +196,7 @@ class SSDDetector:
 
     def __init__(self, cfg: DetectorConfig, photos: bool = False):
         self.cfg = cfg
+        self.top_k = cfg.photo_top_k if photos else cfg.top_k
         self._net = read_ssd()
 
     def detect(self, frame_bgr: np.ndarray) -> list[Face]:
@@ -207,7 +209,7 @@ class SSDDetector:
         keep = cv2.dnn.NMSBoxes([(x1, y1, x2 - x1, y2 - y1) for x1, y1, x2, y2 in boxes], out[:, 2].tolist(),
                                 self.cfg.score_threshold, self.cfg.nms_threshold) if boxes else []
         faces = [Face(_expand(boxes[i], self.cfg, frame_bgr.shape), float(out[i, 2])) for i in np.ravel(keep)]
-        return [f for f in faces if f.size >= self.cfg.min_face][: self.cfg.top_k]
+        return [f for f in faces if f.size >= self.cfg.min_face][: self.top_k]
 
 
 def make_detector(cfg: DetectorConfig, photos: bool = False) -> FaceDetector:
