@@ -3,7 +3,7 @@
 from pathlib import Path
 
 # The release (pyproject.toml reads it from here; CHANGELOG.md says what each one changed).
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 # The shipped model, its card and the asset manifest travel inside the package as appliance/models (package data
 # in the wheel the Pi installs). In a checkout that folder is a link to the repository's models/, their documented

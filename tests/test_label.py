@@ -228,8 +228,11 @@ def test_run_serves_until_ctrl_c_and_says_where_the_labels_are(tmp_path):
     make_door(tmp_path, 2)
     code = ("import argparse, sys; from training import label; p = argparse.ArgumentParser(); "
             "label.add_arguments(p); sys.exit(label.run(p.parse_args(sys.argv[1:])))")
+    # Ctrl-C as a terminal delivers it: a suite started in the background (`cmd &` in a script) inherits SIGINT
+    # ignored, and Python then leaves it ignored, so the page would never hear the test's Ctrl-C.
     proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path), "--port", "0", "--no-browser"], cwd=REPO,
-                            stdout=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         first = proc.stdout.readline()
         assert first.startswith(f"labelling 2 crops of {tmp_path} at http://127.0.0.1:")

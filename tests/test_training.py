@@ -265,7 +265,7 @@ def test_init_from_a_model_this_kit_trained_takes_its_keras_checkpoint(fine_tune
     out, _ = fine_tuned
     init = start_from(TrainConfig(data=[], out=tmp_path, init=out / "mask_classifier.tflite"))
     assert init.info["weights"] == f"its Keras checkpoint model.keras (sha256 {sha256_of(out / 'model.keras')})"
-    assert init.fixes == {"crop_margin": 0.15, "input_size": 128, "classes": 3}
+    assert init.fixes == {"crop_margin": 0.15, "crop_align": False, "input_size": 128, "classes": 3}
     # a checkpoint that is not the one the card names is not used: the int8 weights are recovered instead
     moved = tmp_path / "m"
     moved.mkdir()
