@@ -35,7 +35,6 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 LORES = (512, 384)  # [source] lores_size: what a Pi camera's frame loop detects on
-NEW_KEYS = {"photo_sides"}  # read by the detector, not yet in appliance/config.py's DetectorConfig
 BUCKETS = {0: "all", 32: ">=32px", 64: ">=64px"}  # training.evaluate.SIZE_BUCKETS, by their least size
 
 
@@ -67,13 +66,10 @@ def detector_config(overrides: dict):
 
     base = config_mod.parse({}, "<defaults>").detector
     known = {f.name for f in fields(base)}
-    unknown = set(overrides) - known - NEW_KEYS
+    unknown = set(overrides) - known
     if unknown:
         raise SystemExit(f"--set {overrides}: unknown [detector] key {', '.join(sorted(unknown))}")
-    cfg = replace(base, **{k: v for k, v in overrides.items() if k in known})
-    for key in set(overrides) - known:  # until config.py carries them, the detector reads them with getattr
-        setattr(cfg, key, overrides[key])
-    return cfg
+    return replace(base, **overrides)
 
 
 def _lores(image):

@@ -28,7 +28,7 @@ SECOND_LOOK = ["b8667e0329b7b4d2.jpg", "c409395bf3e3004f.jpg", "6e191605197f2bff
 
 
 def _cfg(**keys) -> DetectorConfig:
-    return bench.detector_config(keys)  # also takes [detector] photo_sides until config.py carries it
+    return bench.detector_config(keys)
 
 
 def _found(labels: dict, path: Path, faces) -> int:
