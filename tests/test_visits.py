@@ -165,6 +165,21 @@ def test_real_visits_deny_the_unmasked_and_not_the_masked_and_replay_the_same(sm
     # The same faces judged again from the saved frames, without the pipeline: the same figures.
     assert visits.run(_args(replay=saved, json=tmp_path / "again.json")) == 0
     assert json.loads((tmp_path / "again.json").read_text())["table"] == table
+    # Every face's label read again at the model's own threshold is the label the pipeline gave it.
+    threshold = json.loads(saved.read_text())["threshold"]
+    assert visits.run(_args(replay=saved, threshold=threshold, json=tmp_path / "relabelled.json")) == 0
+    assert json.loads((tmp_path / "relabelled.json").read_text())["table"] == table
+
+
+def test_a_replay_reads_each_face_again_at_another_threshold(capsys):
+    box = (0.0, 0.0, 90.0, 90.0)
+    frames = [(0.0, [Verdict(box, 0.6, "without_mask", 0.4), Verdict(box, 0.6, "without_mask", 0.1),
+                     Verdict(box, 0.6, "without_mask")])]
+    assert [v.label for v in visits.relabelled(frames, 0.5)[0][1]] == ["incorrect_mask", "without_mask",
+                                                                        "without_mask"]
+    assert [v.label for v in visits.relabelled(frames, 0.65)[0][1]] == ["with_mask"] * 3
+    assert visits.run(_args(replay="frames.json", threshold=1.5)) == 1
+    assert capsys.readouterr().err == "visits: --threshold 1.5 is not between 0 and 1\n"
 
 
 def test_a_labels_file_with_an_unknown_label_is_refused(tmp_path):

@@ -30,7 +30,7 @@ import sys
 import time
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -549,6 +549,20 @@ def verdicts_from_json(data: list) -> list[tuple[float, list[Verdict]]]:
     return [(t, [Verdict(tuple(v[:4]), v[4], v[5], v[6]) for v in vs]) for t, vs in data]
 
 
+def relabelled(frames: list[tuple[float, list[Verdict]]], threshold: float) -> list[tuple[float, list[Verdict]]]:
+    """Each face's label read again at `threshold`, as the pipeline reads a model's output (label_of)."""
+    from appliance.seeing.card import INCORRECT, MASKED, POSITIVE
+    from appliance.seeing.pipeline import label_of
+
+    def label(v: Verdict) -> str:
+        p, wrong = v.p_without_mask, v.p_incorrect_mask
+        if wrong is None:
+            return label_of(np.array([1 - p, p]), (MASKED, POSITIVE), p, threshold)
+        return label_of(np.array([1 - p, p - wrong, wrong]), (MASKED, POSITIVE, INCORRECT), p, threshold)
+
+    return [(t, [replace(v, label=label(v)) for v in vs]) for t, vs in frames]
+
+
 @dataclass
 class DoorRun:
     """One model's seeded visits of one labelled set: every frame's faces, and the faces on their still photos
@@ -664,6 +678,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "replay other policies with --replay")
     parser.add_argument("--replay", type=Path, help="judge the faces saved by --save-frames with this config's "
                         "policy, without running the pipeline")
+    parser.add_argument("--threshold", type=float, help="p(without_mask) that flags a face, instead of the model "
+                        "card's (with --replay, each saved face's label is read again at it)")
     parser.add_argument("--json", type=Path, help="write the figures and every visit's decisions as JSON")
 
 
@@ -674,6 +690,10 @@ def _config(args):
     if args.model:
         cfg.classifier.model = args.model
     cfg.classifier.threads = args.threads
+    if args.threshold is not None:
+        if not 0 < args.threshold < 1:
+            raise config_mod.ConfigError(f"--threshold {args.threshold} is not between 0 and 1")
+        cfg.classifier.threshold = args.threshold
     return cfg
 
 
@@ -698,6 +718,9 @@ def _run(args: argparse.Namespace) -> int:
         frames = {v["id"]: verdicts_from_json(v["frames"]) for v in saved["visits"]}
         truth = {v["id"]: [[tuple(b) for b in boxes] for boxes in v["truth"]] for v in saved["visits"] if "truth" in v}
         still = saved.get("still")
+        if args.threshold is not None:
+            threshold = args.threshold
+            frames = {k: relabelled(f, threshold) for k, f in frames.items()}
     else:
         if args.labels is None:
             print("visits: give a labels.csv, or --replay FILE", file=sys.stderr)
