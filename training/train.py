@@ -72,8 +72,8 @@ class TrainConfig:
     # sets by those of the detection paired with each labelled face; the card then tells the door to cut so too.
     crop_align: bool = False
     # A scene set's faces cut from its labelled boxes, the detector's, or both (training.data.SCENE_BOXES). With the
-    # detector's, the validation parts are cut from the detector's boxes too: the threshold is then chosen on what
-    # the door sees.
+    # detector's, the validation parts are cut from the detector's boxes too (its faces the detector does not find,
+    # from their labelled boxes): the threshold is then chosen on what the door sees.
     scene_boxes: str = "labelled"
     calibration_samples: int = 300
     io_dtype: str = "int8"
@@ -582,6 +582,12 @@ def _finish(cfg: TrainConfig, model, sources: list[Source], train_set: CropSet, 
     report.save_json(out / "report.json", summary)
     report.save_json(out / "thresholds.json", tables)
     print(f"threshold {threshold} ({choice.get('rule', '')}; {choice.get('source', '')})")
+    if choice.get("met") is False:
+        log.warning("threshold %s: no threshold catches %s of the validation part's unmasked faces", threshold,
+                    report.MIN_TNR)
+    elif choice.get("incorrect_met") is False:
+        log.warning("threshold %s: no threshold keeps %s of the incorrectly worn masks stopped at FNR <= %s; chosen "
+                    "by TNR alone", threshold, report.MIN_INCORRECT, report.MAX_FNR)
     for name, table in tables.items():
         print(f"validation part of {name}, int8 model, by threshold:")
         print(report.print_table(table))
