@@ -81,9 +81,10 @@ class DetectorConfig:
                                        "photos) are detected shrunk to at most the first size and, when larger than "
                                        "it, again at up to the second, the faces of both looks merged; a second size "
                                        "not above the first gives one look", 64, 4096)
-    photo_tiles: bool = opt(True, "a still photo over 1.5 times the second of photo_sides is also looked at whole, "
-                            "in overlapping tiles of that size, so that small faces in a large photo are not shrunk "
-                            "below the sizes the detector finds")
+    photo_tiles: bool = opt(True, "a still photo over 1.5 times its largest look (the second of photo_sides, or "
+                            "the first when it is the only one) is also looked at unshrunk, in tiles of that size "
+                            "overlapping by a quarter, so that small faces in a large photo are not shrunk below the "
+                            "sizes the detector finds")
     min_face: int = opt(24, "smallest face, in frame pixels (shorter side), that is classified", 0, 4096)
     expand_side: float = opt(0.10, "box grown left and right by this share of its width", 0, 1)
     expand_top: float = opt(0.20, "box grown upwards by this share of its height (takes in the forehead)", 0, 1)

@@ -28,7 +28,7 @@ import json
 import statistics
 import sys
 import time
-from dataclasses import fields, replace
+import tomllib
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -39,7 +39,7 @@ BUCKETS = {0: "all", 32: ">=32px", 64: ">=64px"}  # training.evaluate.SIZE_BUCKE
 
 
 def parse_set(text: str) -> dict:
-    """`key=value,key=value` -> {key: value}, values as int, float or str; `a+b` as a pair of ints."""
+    """`key=value,key=value` -> {key: value}, values as TOML reads them (else str); `a+b` as a pair of ints."""
     out: dict = {}
     for item in filter(None, text.split(",")):
         key, _, value = item.partition("=")
@@ -51,25 +51,22 @@ def parse_set(text: str) -> dict:
             except ValueError:
                 raise SystemExit(f"--set {text}: {value!r} is not a pair of whole numbers a+b") from None
             continue
-        for cast in (int, float, str):
-            try:
-                out[key.strip()] = cast(value)
-                break
-            except ValueError:
-                continue
+        try:  # a TOML value, as in a config file (true, 640, 0.5, "ssd"); else the bare word
+            out[key.strip()] = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[key.strip()] = value
     return out
 
 
 def detector_config(overrides: dict):
-    """The default [detector] section with `overrides` applied; a key it does not know is an error."""
+    """The default [detector] section with `overrides` applied, checked as a config file's would be (an unknown key,
+    a wrong type or a value out of range is an error)."""
     from appliance import config as config_mod
 
-    base = config_mod.parse({}, "<defaults>").detector
-    known = {f.name for f in fields(base)}
-    unknown = set(overrides) - known
-    if unknown:
-        raise SystemExit(f"--set {overrides}: unknown [detector] key {', '.join(sorted(unknown))}")
-    return replace(base, **overrides)
+    try:
+        return config_mod.parse({"detector": overrides}, "--set").detector
+    except config_mod.ConfigError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 def _lores(image):

@@ -45,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.crowded:
         photos = sorted(photos, key=lambda item: -sum(f.size >= 32 for f in item[1]))[: args.crowded]
     n = args.grid
+    if len(photos) < n * n:
+        raise SystemExit(f"--grid {n} needs {n * n} photos; {args.part} part{' (--crowded)' if args.crowded else ''}"
+                         f" has {len(photos)}")
     images = {path: read_bgr(Path(path)) for path, _ in photos}
     cell = max(max(image.shape[:2]) for image in images.values() if image is not None)
     cfg = replace(DetectorConfig(), photo_top_k=args.photo_top_k)

@@ -179,7 +179,7 @@ def test_a_replay_reads_each_face_again_at_another_threshold(capsys):
                                                                         "without_mask"]
     assert [v.label for v in visits.relabelled(frames, 0.65)[0][1]] == ["with_mask"] * 3
     assert visits.run(_args(replay="frames.json", threshold=1.5)) == 1
-    assert capsys.readouterr().err == "visits: --threshold 1.5 is not between 0 and 1\n"
+    assert capsys.readouterr().err == "visits: --threshold: [classifier] threshold = 1.5 is outside 0.01..0.99\n"
 
 
 def test_a_labels_file_with_an_unknown_label_is_refused(tmp_path):

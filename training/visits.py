@@ -690,10 +690,9 @@ def _config(args):
     if args.model:
         cfg.classifier.model = args.model
     cfg.classifier.threads = args.threads
-    if args.threshold is not None:
-        if not 0 < args.threshold < 1:
-            raise config_mod.ConfigError(f"--threshold {args.threshold} is not between 0 and 1")
-        cfg.classifier.threshold = args.threshold
+    if args.threshold is not None:  # checked as [classifier] threshold is in a config file
+        cfg.classifier.threshold = config_mod.parse({"classifier": {"threshold": args.threshold}},
+                                                    "--threshold").classifier.threshold
     return cfg
 
 
@@ -718,9 +717,10 @@ def _run(args: argparse.Namespace) -> int:
         frames = {v["id"]: verdicts_from_json(v["frames"]) for v in saved["visits"]}
         truth = {v["id"]: [[tuple(b) for b in boxes] for boxes in v["truth"]] for v in saved["visits"] if "truth" in v}
         still = saved.get("still")
-        if args.threshold is not None:
+        if args.threshold is not None and args.threshold != threshold:
             threshold = args.threshold
             frames = {k: relabelled(f, threshold) for k, f in frames.items()}
+            still = None  # the still photos were flagged at the saved threshold, and their p is not saved
     else:
         if args.labels is None:
             print("visits: give a labels.csv, or --replay FILE", file=sys.stderr)

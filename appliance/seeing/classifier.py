@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
@@ -36,14 +37,16 @@ def interpreter_class():
     return Interpreter
 
 
-def crop_faces(frame_bgr: np.ndarray, boxes, crop: Crop, size: int, landmarks=None) -> np.ndarray:
+def crop_faces(frame_bgr: np.ndarray, boxes: Sequence[Sequence[float]], crop: Crop, size: int,
+               landmarks: Sequence[Sequence[tuple[float, float]]] | None = None) -> np.ndarray:
     """N x size x size x 3 RGB crops of `boxes` from a BGR frame, squared and padded as the card says. With the
     card's `crop.align`, a box whose `landmarks` (one entry per box: the Face's five points, or () for none) are
     usable is cut aligned instead; the others, and every box where no landmarks are given, by the box."""
     if landmarks is None or not crop.align:
         landmarks = [()] * len(boxes)
     crops = [aligned_crop(frame_bgr, lm, size) if usable_landmarks(lm, b) else
-             square_crop(frame_bgr, tuple(b), crop.margin, size) for b, lm in zip(boxes, landmarks, strict=True)]
+             square_crop(frame_bgr, (b[0], b[1], b[2], b[3]), crop.margin, size)
+             for b, lm in zip(boxes, landmarks, strict=True)]
     if not crops:
         return np.zeros((0, size, size, 3), np.uint8)
     return cv2.cvtColor(np.concatenate(crops, axis=0), cv2.COLOR_BGR2RGB).reshape(len(crops), size, size, 3)
@@ -140,12 +143,14 @@ class MaskClassifier:
         """p(not properly masked) for each crop."""
         return self.not_masked(self.predict_all(crops_rgb))
 
-    def classify_all(self, frame_bgr: np.ndarray, boxes, landmarks=None) -> np.ndarray:
+    def classify_all(self, frame_bgr: np.ndarray, boxes: Sequence[Sequence[float]],
+                     landmarks: Sequence[Sequence[tuple[float, float]]] | None = None) -> np.ndarray:
         """N x classes probabilities for each box of a BGR frame (with each face's landmarks, where the detector
         gave them: an aligned model's card uses them)."""
         return self.predict_all(crop_faces(frame_bgr, boxes, self.card.crop, self.card.input_size, landmarks))
 
-    def classify(self, frame_bgr: np.ndarray, boxes, landmarks=None) -> np.ndarray:
+    def classify(self, frame_bgr: np.ndarray, boxes: Sequence[Sequence[float]],
+                 landmarks: Sequence[Sequence[tuple[float, float]]] | None = None) -> np.ndarray:
         """p(not properly masked) for each box of a BGR frame (and its landmarks, as classify_all)."""
         return self.not_masked(self.classify_all(frame_bgr, boxes, landmarks))
 

@@ -11,6 +11,7 @@ import os
 import re
 import stat
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -167,7 +168,7 @@ ALIGN_TEMPLATE = np.array([[0.390, 0.477], [0.610, 0.477], [0.500, 0.600], [0.40
 MIN_EYES = 0.04
 
 
-def usable_landmarks(landmarks, box: tuple[float, float, float, float]) -> bool:
+def usable_landmarks(landmarks: Sequence[tuple[float, float]], box: Sequence[float]) -> bool:
     """Whether `landmarks` (five (x, y) points) can align the face in `box`: all five, finite, eyes apart."""
     points = np.asarray(landmarks, dtype=np.float64)
     if points.shape != (5, 2) or not np.isfinite(points).all():
@@ -192,7 +193,7 @@ def similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     return np.array([[c, -s, tx], [s, c, ty]])
 
 
-def aligned_crop(image: np.ndarray, landmarks, size: int) -> np.ndarray:
+def aligned_crop(image: np.ndarray, landmarks: Sequence[tuple[float, float]], size: int) -> np.ndarray:
     """The face whose five `landmarks` (YuNet's order, pixels of `image`) are given, turned upright and scaled so
     that they fall on ALIGN_TEMPLATE, size x size, padded with edge pixels where it leaves the image. Check the
     landmarks with usable_landmarks() first."""
