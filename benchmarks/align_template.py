@@ -29,7 +29,7 @@ from appliance.config import DetectorConfig  # noqa: E402
 from appliance.seeing.card import LABELS, Crop  # noqa: E402
 from appliance.seeing.detector import Face, make_detector  # noqa: E402
 from appliance.seeing.imaging import read_bgr  # noqa: E402
-from training.evaluate import read_scene_labels  # noqa: E402
+from training.evaluate import LOOSE_IOU, read_scene_labels  # noqa: E402
 
 SCENES = REPO.parent / "shared" / "datasets" / "scenes-ilc" / "labels.csv"
 
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         faces = detector.detect(image)
         faces_seen += len(faces)
         truth = labelled[photo]
-        owner = pair([f.box for f in faces], [t.box for t in truth], 0.3)
+        owner = pair([f.box for f in faces], [t.box for t in truth], LOOSE_IOU)
         for face, j in zip(faces, owner, strict=True):
             if not face.landmarks or not frontal(face, image.shape):
                 continue

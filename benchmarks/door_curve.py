@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from appliance import config  # noqa: E402
-from appliance.deciding.policy import iou  # noqa: E402
+from appliance.boxes import iou  # noqa: E402
 from appliance.seeing.card import LABELS, load_card  # noqa: E402
 from appliance.seeing.classifier import MaskClassifier, crop_faces  # noqa: E402
 from appliance.seeing.detector import make_detector  # noqa: E402

@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     from appliance.seeing.detector import make_detector
     from appliance.seeing.imaging import read_bgr
     from training.data import read_scene_labels
-    from training.evaluate import scene_part
+    from training.evaluate import LOOSE_IOU, scene_part
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scenes", type=Path, default=REPO.parent / "shared/datasets/scenes-ilc/labels.csv")
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             started = time.perf_counter()
             detections = detector.detect(canvas)
             seconds[tiles] += time.perf_counter() - started
-            paired = sum(j is not None for j in pair(boxes, [d.box for d in detections], 0.3))
+            paired = sum(j is not None for j in pair(boxes, [d.box for d in detections], LOOSE_IOU))
             found[tiles] += paired
             other[tiles] += len(detections) - paired
     print(f"{args.scenes} ({args.part}) as {n}x{n} photos of {n * cell} px: {total} labelled faces >= 32 px "

@@ -50,7 +50,7 @@ def compare(reference: Detections, other: Detections, p_tol: float = P_TOL,
             box_tol: float = BOX_TOL_PX) -> tuple[list[str], Gaps]:
     """Differences between the reference run (this machine) and another (arm64), one line each, naming the image;
     and the gaps measured on the faces that matched."""
-    from appliance.deciding.policy import iou
+    from appliance.boxes import iou
 
     problems: list[str] = []
     gaps = Gaps()

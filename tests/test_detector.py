@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 from support.data import REPO, SHARED, SHIPPED
 
-from appliance.boxes import contained
+from appliance.boxes import contained, iou
 from appliance.config import DetectorConfig
-from appliance.deciding.policy import iou
 from appliance.seeing import detector as detector_mod
 from appliance.seeing.classifier import MaskClassifier
 from appliance.seeing.detector import make_detector, photo_sides, tile_starts

@@ -194,7 +194,7 @@ def test_picamera2_streams_are_aligned_as_picamera2_requires(monkeypatch, caplog
 
 @pytest.mark.skipif(not OPENCV_4, reason=f"OpenCV {cv2.__version__} refuses the SSD (the test below)")
 def test_the_ssd_detector_finds_the_faces_yunet_finds():
-    from appliance.deciding.policy import iou
+    from appliance.boxes import iou
     from appliance.seeing.imaging import read_bgr
 
     image = read_bgr(scene_images("without_mask", limit=1)[0])
